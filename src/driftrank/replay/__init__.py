@@ -1,0 +1,1 @@
+"""replay stage (see README)."""
