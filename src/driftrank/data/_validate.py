@@ -43,6 +43,10 @@ def _check_ids(frame: pl.DataFrame, col: str, source: str) -> pl.DataFrame:
     if s.dtype.is_integer():
         return frame.with_columns(pl.col(col).cast(pl.Int64))
     s = s.cast(pl.String).str.strip_chars()
+    as_float = s.cast(pl.Float64, strict=False)
+    if as_float.null_count() == 0 and not s.str.contains(r"^-?\d{1,18}$").all():
+        # Float-looking ids ("1.0", "nan") as written by tools that store ids in float columns.
+        return _check_ids(frame.with_columns(as_float.alias(col)), col, source)
     if (s == "").any():
         row = _first_bad_row(frame.with_columns(s.alias(col)), pl.col(col) == "")
         raise DataError(f"{source}: column {col!r} has an empty id at data row {row}")
@@ -70,20 +74,22 @@ def parse_timestamps(frame: pl.DataFrame, col: str, source: str) -> pl.Series:
         if num.null_count() == 0:
             out = num
         else:
-            parsed = None
+            best: pl.Series | None = None
             for fmt in (None, "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d", "%d/%m/%Y %H:%M"):
                 try:
-                    parsed = text.str.to_datetime(format=fmt, strict=True, time_unit="us")
-                    break
-                except Exception:
+                    cand = text.str.to_datetime(format=fmt, strict=False, time_unit="us")
+                except pl.exceptions.PolarsError:  # format could not be inferred; try the next
                     continue
-            if parsed is None:
-                bad_mask = text.str.to_datetime(strict=False, time_unit="us").is_null() & num.is_null()
-                row = int(bad_mask.arg_true()[0]) + 1 if bad_mask.any() else 1
+                if best is None or cand.null_count() < best.null_count():
+                    best = cand
+            if best is None or best.null_count():
+                bad = best.is_null() & num.is_null() if best is not None else num.is_null()
+                row = int(bad.arg_true()[0]) + 1
                 raise DataError(
                     f"{source}: column {col!r} has an unparsable timestamp {text[row - 1]!r} at data "
                     f"row {row}; expected unix seconds/milliseconds or an ISO date-time"
                 )
+            parsed = best
             if getattr(parsed.dtype, "time_zone", None) is not None:
                 parsed = parsed.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
             return parsed.dt.epoch("us").cast(pl.Float64) / 1e6

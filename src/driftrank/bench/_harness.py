@@ -1,0 +1,342 @@
+"""The benchmark harness: pipelines × one data set under one protocol, with honest statistics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from driftrank.bench._pipelines import PipelineSpec, build_pipeline
+from driftrank.data import Dataset
+from driftrank.eval import (
+    EvalResult,
+    Split,
+    bootstrap_ci,
+    evaluate,
+    kcore,
+    leave_one_out,
+    paired_bootstrap,
+    write_predictions,
+)
+from driftrank.types import Candidates, Ranking
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BenchResult", "Protocol", "candidate_recall", "machine_info", "prepare_split", "run_benchmark"]
+
+Protocol = Literal["loo", "llamarec"]
+RECALL_NS = (50, 100, 200)
+MAIN_METRICS = ("NDCG@10", "HR@10", "MRR@10", "NDCG@20", "HR@20", "MRR@20", "coverage@10")
+
+
+def prepare_split(dataset: Dataset, protocol: Protocol = "loo") -> tuple[Dataset, Split]:
+    """Apply a protocol's filtering, then split leave-one-out by time.
+
+    ``"loo"``: no filtering. ``"llamarec"``: items without a title dropped, then 5-core
+    (users and items with at least 5 interactions), as in the LlamaRec paper.
+    """
+    if protocol == "llamarec":
+        titled = np.asarray([bool(t.strip()) for t in dataset.items["title"].to_list()])
+        dataset = dataset.filter_rows(titled[dataset.item_index], name=dataset.name)
+        dataset = kcore(dataset, 5, 5)
+    elif protocol != "loo":
+        raise ValueError(f"protocol must be 'loo' or 'llamarec', got {protocol!r}")
+    return dataset, leave_one_out(dataset)
+
+
+def candidate_recall(
+    cands: Candidates | Ranking, targets: np.ndarray, ns: Sequence[int] = RECALL_NS
+) -> dict[str, float]:
+    """Share of users whose target is among their first N candidates, for each N.
+
+    For :class:`Candidates`, rows are taken in their stored order (the merge order).
+    """
+    out: dict[str, float] = {}
+    targets = np.asarray(targets)
+    for n in ns:
+        if isinstance(cands, Ranking):
+            hit = (cands.items[:, :n] == targets[:, None]).any(axis=1)
+        else:
+            hit = np.array(
+                [targets[j] in cands.items[cands.of(j)][:n] for j in range(len(cands))],
+                dtype=bool,
+            )
+        out[str(n)] = float(hit.mean()) if len(hit) else 0.0
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine, library versions and git commit, for the record."""
+    versions: dict[str, str | None] = {}
+    for pkg in (
+        "driftrank",
+        "numpy",
+        "scipy",
+        "polars",
+        "torch",
+        "implicit",
+        "rectools-lightfm",
+        "faiss-cpu",
+        "sentence-transformers",
+        "transformers",
+        "peft",
+    ):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout.strip()
+        )
+    except OSError:
+        commit, dirty = None, False
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": _gpu_name(),
+        "versions": versions,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _gpu_name() -> str | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+@dataclass
+class BenchResult:
+    """Everything one benchmark run measured; ``to_json()`` is what ``results.json`` holds."""
+
+    dataset: dict[str, Any]
+    protocol: str
+    seed: int
+    pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    per_user: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    latencies: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict (per-user arrays are saved separately in ``per_user.npz``)."""
+        return {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "machine": self.machine,
+            "pipelines": self.pipelines,
+            "comparisons": self.comparisons,
+        }
+
+    def table(
+        self, metrics: Sequence[str] = ("NDCG@10", "HR@10", "MRR@10", "NDCG@20", "HR@20", "coverage@10")
+    ) -> str:
+        """A markdown table: one row per pipeline, with 95% CIs on the first metric."""
+        head = ["pipeline", *metrics, f"{metrics[0]} 95% CI", "fit s", "rank ms/user"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, res in self.pipelines.items():
+            m = res["metrics"]
+            ci = res.get("ci", {}).get(metrics[0], [float("nan"), float("nan")])
+            n_users = max(1, res.get("n_users", 1))
+            cells = [
+                name,
+                *[f"{m.get(x, float('nan')):.4f}" for x in metrics],
+                f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+                f"{res['fit_seconds']:.1f}",
+                f"{1000 * res['rank_seconds'] / n_users:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def save(self, out: str | os.PathLike[str], *, plots: bool = True) -> Path:
+        """Write ``results.json``, ``results.md``, ``per_user.npz`` and PNG plots into ``out``."""
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        _atomic_text(d / "results.json", json.dumps(self.to_json(), indent=2, default=_json_default))
+        md = [f"# {self.dataset.get('name')} ({self.protocol})", "", self.table(), ""]
+        recall_rows = {k: v["candidate_recall"] for k, v in self.pipelines.items() if "candidate_recall" in v}
+        if recall_rows:
+            md += [
+                "## Candidate recall",
+                "",
+                "| pipeline | " + " | ".join(f"@{n}" for n in RECALL_NS) + " |",
+                "|---|" + "---|" * len(RECALL_NS),
+            ]
+            for k, v in recall_rows.items():
+                md.append(
+                    f"| {k} | " + " | ".join(f"{v.get(str(n), float('nan')):.4f}" for n in RECALL_NS) + " |"
+                )
+            md.append("")
+        if self.comparisons:
+            md += [
+                "## Paired comparisons (per-user bootstrap, b − a)",
+                "",
+                "| a | b | metric | diff | 95% CI | p |",
+                "|---|---|---|---|---|---|",
+            ]
+            for c in self.comparisons:
+                md.append(
+                    f"| {c['a']} | {c['b']} | {c['metric']} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.4f} |"
+                )
+            md.append("")
+        _atomic_text(d / "results.md", "\n".join(md))
+        arrays = {f"{p}/{m}": v for p, per in self.per_user.items() for m, v in per.items()}
+        tmp = d / ".per_user.tmp.npz"
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, d / "per_user.npz")
+        if plots:
+            from driftrank.bench._plots import plot_results
+
+            plot_results(self, d)
+        return d
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _latencies(ranker: Any, split: Split, n: int, k: int) -> np.ndarray:
+    """Seconds per single-user ``rank`` call for the first ``n`` test users."""
+    seen = split.train_valid.seen
+    out = []
+    for j in range(min(n, len(split.test))):
+        u = split.test.users[j : j + 1]
+        t = time.perf_counter()
+        ranker.rank(u, k, exclude=seen, at=split.test.timestamps[j : j + 1])
+        out.append(time.perf_counter() - t)
+    return np.asarray(out)
+
+
+def run_benchmark(
+    dataset: Dataset,
+    specs: Sequence[PipelineSpec],
+    *,
+    protocol: Protocol = "loo",
+    ks: Sequence[int] = (10, 20),
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    save_predictions: str | os.PathLike[str] | None = None,
+    latency_users: int = 200,
+    compare_to: str | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Fit and evaluate every pipeline on the test step of one split of ``dataset``.
+
+    Records metrics with bootstrap 95% CIs, fit and ranking time, single-user latency,
+    candidate recall@50/100/200 for pipelines that generate candidates, and paired per-user
+    comparisons of every pipeline against ``compare_to`` (default: the first pipeline).
+    ``save_predictions`` writes the top-20 of the last pipeline as ``user_id,items`` CSV.
+    """
+    from tqdm.auto import tqdm
+
+    data, split = prepare_split(dataset, protocol)
+    result = BenchResult(dataset=data.describe(), protocol=protocol, seed=seed)
+    result.dataset["n_test_users"] = len(split.test)
+    last: EvalResult | None = None
+    for spec in tqdm(specs, desc=f"bench {data.name}", unit="pipeline", disable=not progress):
+        log.info("pipeline %s (%s) on %s", spec.name, spec.kind, data.name)
+        ranker = build_pipeline(spec, seed)
+        res = evaluate(ranker, split, stage="test", ks=ks, progress=progress)
+        entry: dict[str, Any] = {
+            "spec": spec.to_dict(),
+            "metrics": res.metrics,
+            "ci": {
+                m: list(bootstrap_ci(res.per_user[m], seed=seed))
+                for m in res.per_user
+                if m.startswith(("NDCG", "HR", "MRR"))
+            },
+            "fit_seconds": res.fit_seconds,
+            "rank_seconds": res.rank_seconds,
+            "n_users": len(res.users),
+        }
+        if hasattr(ranker, "candidates"):
+            cands = ranker.candidates(
+                split.test.users, max(RECALL_NS), exclude=split.train_valid.seen, at=split.test.timestamps
+            )
+            entry["candidate_recall"] = candidate_recall(cands, split.test.items)
+        if hasattr(ranker, "channel_recall"):
+            entry["channel_recall"] = ranker.channel_recall(
+                split.test.users, split.test.items, split.train_valid.seen, split.test.timestamps
+            )
+        if latency_users > 0:
+            lat = _latencies(ranker, split, latency_users, max(ks))
+            result.latencies[spec.name] = lat
+            entry["latency_ms"] = {
+                "p50": float(np.percentile(lat, 50) * 1e3),
+                "p99": float(np.percentile(lat, 99) * 1e3),
+                "n": len(lat),
+            }
+        if hasattr(ranker, "report"):
+            entry["report"] = ranker.report()
+        result.pipelines[spec.name] = entry
+        result.per_user[spec.name] = res.per_user
+        last = res
+    names = list(result.pipelines)
+    base = compare_to or (names[0] if names else None)
+    if base is not None and base not in result.per_user:
+        raise ValueError(f"compare_to={base!r} is not one of the pipelines {names}")
+    for name in names:
+        if base is None or name == base:
+            continue
+        for metric in ("NDCG@10", "HR@10"):
+            if metric in result.per_user[name]:
+                c = paired_bootstrap(result.per_user[base][metric], result.per_user[name][metric], seed=seed)
+                result.comparisons.append({"a": base, "b": name, "metric": metric, **c.as_dict()})
+    if save_predictions is not None and last is not None:
+        write_predictions(save_predictions, split.train_valid, last.users, last.ranked)
+    if out is not None:
+        result.save(out)
+    return result
