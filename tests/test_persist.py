@@ -68,12 +68,12 @@ def test_future_version_and_wrong_kind_are_refused(tmp_path: Path) -> None:
     q = save_bundle(tmp_path / "q", {}, _components(), kind="channel")
     with pytest.raises(ModelFileError, match="expected 'engine'"):
         load_bundle(q)
-    with pytest.raises(ModelFileError, match="no manifest.json"):
+    with pytest.raises(ModelFileError, match=r"no manifest\.json"):
         load_bundle(tmp_path)
 
 
 def test_missing_component_file(tmp_path: Path) -> None:
     p = save_bundle(tmp_path / "m", {}, _components())
     (p / "als.npz").unlink()
-    with pytest.raises(ModelFileError, match="als.npz is missing"):
+    with pytest.raises(ModelFileError, match=r"als\.npz is missing"):
         load_bundle(p)
