@@ -137,12 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true", help="smaller models, for a fast look")
     m.set_defaults(func=_cmd_demo)
 
-    try:
-        from driftrank.replay._cli import add_subparsers as add_replay
-    except ImportError:
-        add_replay = None
-    if add_replay is not None:
-        add_replay(sub)
+    from driftrank.replay._cli import add_subparsers as add_replay
+
+    add_replay(sub)
     return parser
 
 

@@ -66,6 +66,14 @@ class PipelineSpec:
 PIPELINES: dict[str, str] = {
     "pop": "driftrank.bench._factories:popularity",
     "pop-recent": "driftrank.bench._factories:popularity_recent",
+    "als": "driftrank.bench._factories:als",
+    "bpr": "driftrank.bench._factories:bpr",
+    "lightfm": "driftrank.bench._factories:lightfm",
+    "covisit": "driftrank.bench._factories:covisit",
+    "hybrid": "driftrank.bench._factories:hybrid",
+    "hybrid-linear": "driftrank.bench._factories:hybrid_linear",
+    "hybrid-rrf": "driftrank.bench._factories:hybrid_rrf",
+    "rerank": "driftrank.bench._factories:rerank",
 }
 
 

@@ -1,1 +1,7 @@
-"""engine stage (see README)."""
+"""The engine: the ranking API that composes retrieval, re-ranking and fusion."""
+
+from driftrank.engine._config import EncoderConfig, EngineConfig
+from driftrank.engine._engine import Engine, RankResult
+from driftrank.engine._explain import Explanation
+
+__all__ = ["EncoderConfig", "Engine", "EngineConfig", "Explanation", "RankResult"]

@@ -1,0 +1,908 @@
+"""The :class:`Engine`: retrieval → re-rank → fusion behind one ranking API."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from driftrank.data import Dataset, IdMap
+from driftrank.engine._config import EngineConfig
+from driftrank.errors import ConfigError, DataError, NotFittedError, UnknownIdError
+from driftrank.types import Candidates, Ranking
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Engine", "RankResult"]
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One user's ranking.
+
+    Attributes:
+        user: the raw user id (``None`` for an anonymous history or a text query).
+        item_ids: raw item ids, best first (``k`` or fewer).
+        items: the same as item indices.
+        scores: ``float32[k]`` final scores.
+        contributions: per signal group, ``float32[k]`` how much it added to each score (the
+            scores equal ``base`` plus the sum of the contributions).
+        base: ``float32[k]`` the score part no signal explains.
+        titles: item titles, for display.
+        at: the ranking time (unix seconds).
+    """
+
+    user: object | None
+    item_ids: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+    contributions: dict[str, np.ndarray]
+    base: np.ndarray
+    titles: list[str]
+    at: float
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def to_frame(self) -> pl.DataFrame:
+        """The ranking as a table: rank, item_id, title, score and one column per signal."""
+        cols: dict[str, Any] = {
+            "rank": np.arange(1, len(self.items) + 1),
+            "item_id": self.item_ids,
+            "title": self.titles,
+            "score": self.scores,
+        }
+        cols.update({f"+{k}": v for k, v in self.contributions.items()})
+        return pl.DataFrame(cols)
+
+
+class _RWLock:
+    """Many concurrent readers (``rank``) or one writer (``observe``, ``add_items``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Any:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Any:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _State:
+    """Everything the engine itself tracks besides its components."""
+
+    user_ids: IdMap
+    item_ids: IdMap
+    items: pl.DataFrame
+    log: Any  # driftrank.retrieval._common.EventLog
+    popularity: np.ndarray  # float64[n_items] event counts
+    first_seen: np.ndarray  # float64[n_items], NaN = never
+    item_vectors: np.ndarray  # float32[n_items, d]
+    fit_report: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """A hybrid ranking engine that follows how each user's interests drift.
+
+    ``fit`` embeds item texts, fits the retrieval channels, the interest model and the sequence
+    re-ranker on all but each user's last event, trains the fusion layer on those held-out
+    events, then takes them in online. ``rank`` serves one user (known, new with a few items, or
+    just a text), ``rank_batch`` many; ``observe`` takes new events without refitting;
+    ``add_items`` grows the catalog from texts; ``explain`` tells why; ``save``/``load`` persist.
+
+    Example::
+
+        engine = Engine(EngineConfig()).fit(driftrank.load_dataset("ml-100k"))
+        engine.rank(196, k=10).to_frame()
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        if config is not None and not isinstance(config, EngineConfig):
+            raise ConfigError(f"Engine takes an EngineConfig, got {type(config).__name__}")
+        self.config = config or EngineConfig()
+        self._lock = _RWLock()
+        self._state: _State | None = None
+        self._merger: Any = None
+        self._interest: Any = None
+        self._reranker: Any = None
+        self._fuser: Any = None
+        self._encoder: Any = None
+
+    # ================================================================== fitting
+    def fit(self, dataset: Dataset) -> Self:
+        """Fit every stage on ``dataset`` (see the class docstring); returns ``self``."""
+        from driftrank.eval import leave_one_out
+        from driftrank.retrieval._common import EventLog
+
+        if not isinstance(dataset, Dataset):
+            raise DataError(f"Engine.fit takes a driftrank Dataset, got {type(dataset).__name__}")
+        if dataset.n_interactions == 0:
+            raise DataError(f"cannot fit on {dataset.name!r}: it has no interactions")
+        cfg = self.config
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        vectors = self._encode(dataset.item_texts)
+        timings["encode"] = time.perf_counter() - t0
+
+        split = leave_one_out(dataset)
+        fit_part, held = split.train_valid, split.test
+        self._build_components(vectors)
+
+        t = time.perf_counter()
+        if self._merger is not None:
+            self._merger.fit(fit_part)
+        timings["retrieval"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if self._interest is not None:
+            self._interest.fit(fit_part)
+        timings["interest"] = time.perf_counter() - t
+
+        self._state = _State(
+            user_ids=dataset.user_ids,
+            item_ids=dataset.item_ids,
+            items=dataset.items,
+            log=EventLog.from_dataset(fit_part),
+            popularity=np.bincount(fit_part.item_index, minlength=dataset.n_items).astype(np.float64),
+            first_seen=_first_seen(fit_part),
+            item_vectors=vectors,
+        )
+        t = time.perf_counter()
+        if self._reranker is not None:
+            hard = None
+            if self._merger is not None and cfg.reranker.n_hard > 0:
+                hard = self._train_candidates(fit_part)
+            self._reranker.fit(fit_part, vectors, candidates=hard)
+        timings["reranker"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        report: dict[str, Any] = {"held_out_users": len(held)}
+        if self._fuser is not None and len(held):
+            cands = self._candidates(held.users, held.timestamps, exclude=fit_part.seen)
+            inputs = self._fusion_input(cands, held.timestamps)
+            self._fuser.fit(inputs, held.items)
+            hit = np.array([held.items[j] in cands.items[cands.of(j)] for j in range(len(cands))])
+            report["held_out_candidate_recall"] = float(hit.mean())
+            fr = getattr(self._fuser, "report_", None)
+            if fr is not None:
+                report["fusion"] = {k: v for k, v in vars(fr).items() if isinstance(v, (int, float, str))}
+        timings["fusion"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if cfg.final_update == "refit":
+            if self._merger is not None:
+                self._merger.fit(dataset)
+            if self._interest is not None:
+                self._interest.fit(dataset)
+            if self._reranker is not None:
+                self._reranker.observe(held.users, held.items, held.timestamps)
+            self._state.log.add(held.users, held.items, held.timestamps)
+            self._count(held.items, held.timestamps)
+        else:
+            self._observe_indices(held.users, held.items, held.timestamps)
+        timings["final_update"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report["seconds"] = timings
+        self._state.fit_report = report
+        log.info("engine fitted on %s in %.1f s", dataset.name, timings["total"])
+        return self
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        enc = self._get_encoder()
+        return np.ascontiguousarray(enc.encode(list(texts)), dtype=np.float32)
+
+    def _get_encoder(self) -> Any:
+        if self._encoder is None:
+            ec = self.config.encoder
+            if ec.kind == "hashing":
+                from driftrank.rerank._encoder import HashingEncoder, HashingEncoderConfig
+
+                self._encoder = HashingEncoder(HashingEncoderConfig(dim=ec.dim))
+            else:
+                from driftrank.rerank._encoder import SentenceEncoder, SentenceEncoderConfig
+
+                self._encoder = SentenceEncoder(
+                    SentenceEncoderConfig(
+                        model=ec.model,
+                        device=ec.device,
+                        batch_size=ec.batch_size,
+                        progress=self.config.progress,
+                    )
+                )
+        return self._encoder
+
+    def _build_components(self, vectors: np.ndarray) -> None:
+        from driftrank.retrieval import (
+            ALSChannel,
+            BPRChannel,
+            CandidateMerger,
+            CovisitChannel,
+            LightFMChannel,
+            MergerConfig,
+            PopularityChannel,
+        )
+
+        cfg = self.config
+        kinds = {
+            "als": ALSChannel,
+            "bpr": BPRChannel,
+            "lightfm": LightFMChannel,
+            "covisit": CovisitChannel,
+            "popularity": PopularityChannel,
+        }
+        channels = [cls(getattr(cfg, k)) for k, cls in kinds.items() if getattr(cfg, k) is not None]
+        names = [ch.name for ch in channels]
+        if cfg.interest is not None:
+            from driftrank.rerank._interest_channel import InterestChannel
+
+            self._interest = InterestChannel(cfg.interest, encoder=self._get_encoder(), item_vectors=vectors)
+            names.append(self._interest.name)
+        quotas = cfg.quotas or _default_quotas(names)
+        missing = set(names) - {n for n, _ in quotas}
+        if missing or len(quotas) != len(names):
+            raise ConfigError(
+                f"quotas must name exactly the enabled channels {names}, got {[n for n, _ in quotas]}"
+            )
+        self._quota_order = tuple(n for n, _ in quotas)
+        self._quotas = np.array([q for _, q in quotas], dtype=np.float64)
+        cf_quotas = tuple((n, q) for n, q in quotas if n in {ch.name for ch in channels})
+        self._merger = CandidateMerger(channels, MergerConfig(cf_quotas)) if channels else None
+        if cfg.reranker is not None:
+            from driftrank.rerank._model import SequenceReranker
+
+            self._reranker = SequenceReranker(cfg.reranker)
+        self._fuser = self._make_fuser()
+
+    def _make_fuser(self) -> Any:
+        cfg = self.config
+        if cfg.fusion == "gated":
+            from driftrank.fusion import FusionModel
+
+            return FusionModel(cfg.fusion_config)
+        if cfg.fusion == "linear":
+            from driftrank.fusion import LinearFusion, LinearFusionConfig
+
+            return LinearFusion(LinearFusionConfig(method="logistic"))
+        if cfg.fusion == "rrf":
+            from driftrank.fusion import ReciprocalRankFusion, RRFConfig
+
+            return ReciprocalRankFusion(RRFConfig())
+        return None  # "reranker": the re-ranker's score alone
+
+    def _train_candidates(self, fit_part: Dataset) -> Callable[[np.ndarray], Candidates]:
+        """Hard negatives for the re-ranker: each user's retrieval candidates (computed lazily)."""
+        n = min(100, self.config.n_candidates)
+        seen = fit_part.seen
+
+        def source(users: np.ndarray) -> Candidates:
+            return self._candidates(np.asarray(users, dtype=np.int64), None, exclude=seen, n=n)
+
+        return source
+
+    # ================================================================== internals
+    def _require(self) -> _State:
+        if self._state is None:
+            raise NotFittedError("Engine used before fit (or load)")
+        return self._state
+
+    def _count(self, items: np.ndarray, times: np.ndarray) -> None:
+        st = self._require()
+        np.add.at(st.popularity, items, 1.0)
+        fs = st.first_seen
+        for i, t in zip(items.tolist(), times.tolist(), strict=True):
+            if not fs[i] <= t:
+                fs[i] = t
+
+    def _observe_indices(self, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
+        if self._merger is not None:
+            self._merger.observe(users, items, times)
+        if self._interest is not None:
+            self._interest.observe(users, items, times)
+        if self._reranker is not None:
+            self._reranker.observe(users, items, times)
+        self._require().log.add(users, items, times)
+        self._count(items, times)
+
+    def _seen_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        st = self._require()
+        rows = [
+            np.unique(st.log.user(int(u))[0]) if u < st.log.n_users else np.zeros(0, np.int64) for u in users
+        ]
+        indptr = np.zeros(len(users) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return sp.csr_matrix(
+            (np.ones(len(cols), np.float32), cols, indptr), shape=(len(users), len(st.item_ids))
+        )
+
+    def _candidates(
+        self, users: np.ndarray, at: np.ndarray | None, *, exclude: sp.csr_matrix | None, n: int | None = None
+    ) -> Candidates:
+        """Merged candidates of every channel (CF channels and the interest channel)."""
+        from driftrank.retrieval._merge import merge_rankings
+
+        n = n or self.config.n_candidates
+        lists: dict[str, Ranking] = {}
+        if self._merger is not None:
+            for ch in self._merger.channels:
+                lists[ch.name] = ch.candidates(users, n, exclude=exclude, at=at)
+        if self._interest is not None:
+            lists[self._interest.name] = self._interest.candidates(users, n, exclude=exclude, at=at)
+        ordered = [lists[name] for name in self._quota_order]
+        return merge_rankings(users, ordered, self._quota_order, self._quotas, n)
+
+    def _fusion_input(self, cands: Candidates, at: np.ndarray | None) -> Any:
+        from driftrank.fusion import FusionInput
+
+        st = self._require()
+        users = cands.users
+        at_u = self._resolve_at(users, at)
+        row_user = cands.user_of_row()
+        at_rows = at_u[row_user]
+        signals: dict[str, np.ndarray] = {}
+        if self._reranker is not None:
+            signals["rerank"] = self._reranker.score(users, cands, at_u).astype(np.float64)
+        if self._interest is not None:
+            model = self._interest.interest
+            sims = model.similarity(users[row_user], cands.items, at_rows)
+            for s, name in enumerate(model.scale_names):
+                signals[f"interest_{name}".replace(":", "_")] = sims[:, s].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            signals["item_age_days"] = (at_rows - st.first_seen[cands.items]) / DAY
+        size = int(users.max()) + 1 if len(users) else 1
+        hist_len = np.full(size, np.nan)
+        idle = np.full(size, np.nan)
+        for j, u in enumerate(users.tolist()):
+            n_ev = st.log.length(u) if u < st.log.n_users else 0
+            hist_len[u] = math.log1p(n_ev)
+            if n_ev:
+                idle[u] = max(0.0, (at_u[j] - st.log.user(u)[1][-1]) / DAY)
+        return FusionInput(
+            cands,
+            signals=signals,
+            item_signals={"popularity": np.log1p(st.popularity)},
+            user_signals={"history_length": hist_len, "idle_days": idle},
+        )
+
+    def _resolve_at(self, users: np.ndarray, at: np.ndarray | None) -> np.ndarray:
+        """Request times: given, or each user's latest known event (NaN-free)."""
+        st = self._require()
+        out = np.empty(len(users), dtype=np.float64)
+        for j, u in enumerate(users.tolist()):
+            given = None if at is None else float(at[j])
+            if given is not None and not math.isnan(given):
+                out[j] = given
+            elif u < st.log.n_users and st.log.length(u):
+                out[j] = float(st.log.user(u)[1][-1])
+            else:
+                out[j] = float(np.nanmax(st.first_seen)) if np.isfinite(st.first_seen).any() else 0.0
+        return out
+
+    def _score(self, cands: Candidates, at: np.ndarray | None) -> tuple[np.ndarray, Any]:
+        inputs = self._fusion_input(cands, at)
+        if self._fuser is None:
+            s = np.asarray(inputs.signals["rerank"], dtype=np.float64)
+            return np.where(np.isfinite(s), s, -np.inf), inputs
+        return np.asarray(self._fuser.score(inputs), dtype=np.float64), inputs
+
+    def _rank_indices(
+        self,
+        users: np.ndarray,
+        k: int,
+        at: np.ndarray | None,
+        exclude: sp.csr_matrix | None,
+        *,
+        keep: Callable[[np.ndarray], np.ndarray] | None = None,
+        explain: bool = False,
+    ) -> tuple[Ranking, list[dict[str, np.ndarray]], list[np.ndarray]]:
+        """Core batch path: candidates → signals → fused scores → top-k (+ contributions)."""
+        from driftrank.fusion import rank_candidates
+
+        cands = self._candidates(users, at, exclude=exclude)
+        scores, inputs = self._score(cands, at)
+        if keep is not None and len(cands.items):
+            scores = np.where(keep(cands.items), scores, -np.inf)
+        ranking, rows = rank_candidates(cands, scores.astype(np.float32), k)
+        contribs: list[dict[str, np.ndarray]] = []
+        bases: list[np.ndarray] = []
+        if explain:
+            flat = rows[rows >= 0]
+            if self._fuser is not None and len(flat):
+                c = self._fuser.explain(inputs, flat)
+                flat_values = np.full((rows.size, len(c.groups)), np.nan, dtype=np.float32)
+                flat_base = np.full(rows.size, np.nan, dtype=np.float32)
+                mask = (rows >= 0).reshape(-1)
+                flat_values[mask] = c.values
+                flat_base[mask] = c.base
+                values = flat_values.reshape(rows.shape[0], rows.shape[1], -1)
+                base = flat_base.reshape(rows.shape)
+                for j in range(len(users)):
+                    contribs.append({g: values[j, :, gi] for gi, g in enumerate(c.groups)})
+                    bases.append(base[j])
+            else:
+                for j in range(len(users)):
+                    contribs.append({"rerank": ranking.scores[j]} if self._fuser is None else {})
+                    bases.append(np.zeros(k, dtype=np.float32))
+        return ranking, contribs, bases
+
+    # ================================================================== public API
+    def rank(
+        self,
+        user: object | None = None,
+        k: int = 10,
+        *,
+        at: float | None = None,
+        exclude_seen: bool = True,
+        candidates: Iterable[object] | None = None,
+        filter: Callable[[object], bool] | Collection[object] | None = None,
+        history: Iterable[object] | None = None,
+        text: str | None = None,
+    ) -> RankResult:
+        """Rank items for one user.
+
+        - ``user``: a raw user id. A known user is ranked from everything the engine knows.
+          An unknown user needs ``history`` (raw item ids, or ``(item_id, timestamp)`` pairs);
+          they are registered with those events (CF fold-in, interest vector) and ranked.
+        - ``text``: no history, just a description ("space operas and heist films"): items
+          nearest to its embedding, blended with popularity (``user`` may be ``None``).
+        - ``at``: ranking time in unix seconds (default: right after the user's latest event);
+          it may not precede events the engine already knows for that user.
+        - ``exclude_seen``: leave out items the user interacted with.
+        - ``candidates``: rank only these raw item ids.
+        - ``filter``: a predicate on raw item ids, or a collection of allowed raw item ids.
+        Returns a :class:`RankResult` with per-signal contributions.
+        """
+        k = _check_k(k)
+        if text is not None:
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"text must be a non-empty string, got {text!r}")
+            if history is not None:
+                raise DataError("give either history or text, not both")
+            return self._rank_text(text, k, user=user, filter=filter, candidates=candidates)
+        with self._lock.read():
+            st = self._require()
+            u = st.user_ids.get(user) if user is not None else -1
+        if u < 0:
+            if history is None:
+                if user is None:
+                    raise DataError("rank needs a user id, a history, or a text")
+                raise UnknownIdError(
+                    f"unknown user id {user!r}: pass history=[item ids] to rank a new user, or text=... "
+                    "to rank from a description"
+                )
+            items, times = self._parse_history(history, at)
+            if user is None:
+                raise DataError(
+                    "an anonymous history needs a user id to register it under: rank(user='new-id', history=[...])"
+                )
+            self.observe(
+                [(user, i, t) for i, t in zip(st.item_ids.ids[items].tolist(), times.tolist(), strict=True)]
+            )
+            with self._lock.read():
+                u = self._require().user_ids.index(user)
+        elif history is not None:
+            raise DataError(f"user {user!r} is known: observe() new events instead of passing history")
+        return self._rank_known(np.array([u], dtype=np.int64), k, [at], exclude_seen, candidates, filter)[0]
+
+    def rank_batch(
+        self,
+        users: Sequence[object],
+        k: int = 10,
+        *,
+        at: Sequence[float | None] | None = None,
+        exclude_seen: bool = True,
+        filter: Callable[[object], bool] | Collection[object] | None = None,
+    ) -> list[RankResult]:
+        """Rank many known users at once (faster than calling :meth:`rank` in a loop).
+
+        ``at`` gives one time per user (or ``None`` for the default). Every user must be known;
+        unknown ids raise :class:`UnknownIdError` naming the first.
+        """
+        k = _check_k(k)
+        if isinstance(users, (str, bytes)) or not isinstance(users, Sequence):
+            raise DataError(f"users must be a sequence of user ids, got {type(users).__name__}")
+        if at is not None and len(at) != len(users):
+            raise DataError(f"at must have one time per user ({len(users)}), got {len(at)}")
+        with self._lock.read():
+            st = self._require()
+            idx = np.array([st.user_ids.index(u) for u in users], dtype=np.int64)
+        return self._rank_known(
+            idx, k, list(at) if at is not None else [None] * len(idx), exclude_seen, None, filter
+        )
+
+    def _rank_known(
+        self,
+        users: np.ndarray,
+        k: int,
+        at: list[float | None],
+        exclude_seen: bool,
+        candidates: Iterable[object] | None,
+        filt: Callable[[object], bool] | Collection[object] | None,
+    ) -> list[RankResult]:
+        with self._lock.read():
+            st = self._require()
+            at_arr = np.array([np.nan if a is None else _check_time(a, "at") for a in at], dtype=np.float64)
+            for j, u in enumerate(users.tolist()):
+                if not math.isnan(at_arr[j]) and st.log.length(u):
+                    last = float(st.log.user(u)[1][-1])
+                    if at_arr[j] < last:
+                        raise DataError(
+                            f"at={at_arr[j]:.0f} is before the latest event the engine knows for user "
+                            f"{st.user_ids.ids[u]!r} ({last:.0f}); rank at or after it"
+                        )
+            keep = self._keep_fn(candidates, filt)
+            exclude = self._seen_rows(users) if exclude_seen else None
+            at_opt = None if np.isnan(at_arr).all() else at_arr
+            ranking, contribs, bases = self._rank_indices(
+                users, k, at_opt, _expand(exclude, users), keep=keep, explain=True
+            )
+            at_used = self._resolve_at(users, at_opt)
+            titles = st.items["title"].to_list()
+            out = []
+            for j, u in enumerate(users.tolist()):
+                valid = ranking.items[j] >= 0
+                items = ranking.items[j][valid]
+                out.append(
+                    RankResult(
+                        user=st.user_ids.ids[u].item()
+                        if hasattr(st.user_ids.ids[u], "item")
+                        else st.user_ids.ids[u],
+                        item_ids=st.item_ids.ids[items],
+                        items=items,
+                        scores=ranking.scores[j][valid],
+                        contributions={g: v[valid] for g, v in contribs[j].items()},
+                        base=bases[j][valid],
+                        titles=[titles[i] for i in items.tolist()],
+                        at=float(at_used[j]),
+                    )
+                )
+            return out
+
+    def _keep_fn(
+        self, candidates: Iterable[object] | None, filt: Callable[[object], bool] | Collection[object] | None
+    ) -> Callable[[np.ndarray], np.ndarray] | None:
+        st = self._require()
+        allowed: np.ndarray | None = None
+        if candidates is not None:
+            allowed = np.zeros(len(st.item_ids), dtype=bool)
+            cand_list = list(candidates)
+            if not cand_list:
+                raise DataError("candidates is empty; pass None to rank the whole catalog")
+            allowed[st.item_ids.indices(cand_list)] = True
+        if filt is not None:
+            if callable(filt):
+                mask = np.fromiter(
+                    (bool(filt(x)) for x in st.item_ids.ids.tolist()), dtype=bool, count=len(st.item_ids)
+                )
+            elif isinstance(filt, Collection) and not isinstance(filt, (str, bytes)):
+                mask = np.zeros(len(st.item_ids), dtype=bool)
+                idx = st.item_ids.indices(list(filt), missing=-1)
+                mask[idx[idx >= 0]] = True
+            else:
+                raise DataError(
+                    f"filter must be a predicate on item ids or a collection of item ids, got {type(filt).__name__}"
+                )
+            allowed = mask if allowed is None else allowed & mask
+        if allowed is None:
+            return None
+        final = allowed
+        return lambda items: final[items]
+
+    def _parse_history(self, history: Iterable[object], at: float | None) -> tuple[np.ndarray, np.ndarray]:
+        st = self._require()
+        items: list[int] = []
+        times: list[float] = []
+        entries = list(history)
+        if not entries:
+            raise DataError("history is empty: give at least one item id, or use text=... for a cold user")
+        base = _check_time(at, "at") if at is not None else float(np.nanmax(st.first_seen))
+        for j, e in enumerate(entries):
+            raw, ts = e if isinstance(e, tuple) and len(e) == 2 else (e, None)
+            i = st.item_ids.get(raw)
+            if i < 0:
+                if self.config.unknown_items == "error":
+                    raise UnknownIdError(f"history item {raw!r} is not in the catalog (add_items() first)")
+                warnings.warn(f"history item {raw!r} is not in the catalog; it is ignored", stacklevel=3)
+                continue
+            items.append(i)
+            # Without timestamps, events are spaced one second apart, oldest first, ending at `at`.
+            times.append(
+                _check_time(ts, "history timestamp") if ts is not None else base - (len(entries) - 1 - j)
+            )
+        if not items:
+            raise DataError("no history item is in the catalog")
+        return np.array(items, dtype=np.int64), np.array(times, dtype=np.float64)
+
+    def _rank_text(
+        self, text: str, k: int, *, user: object | None, filter: Any, candidates: Any
+    ) -> RankResult:
+        with self._lock.read():
+            st = self._require()
+            q = self._get_encoder().encode([text]).astype(np.float32)
+            sims = (st.item_vectors @ q[0]).astype(np.float64)
+            pop = np.log1p(st.popularity)
+            pop = pop / pop.max() if pop.max() > 0 else pop
+            w = float(self.config.text_popularity_weight)
+            score = (1 - w) * sims + w * pop
+            keep = self._keep_fn(candidates, filter)
+            if keep is not None:
+                score = np.where(keep(np.arange(len(score))), score, -np.inf)
+            order = np.argsort(-score, kind="stable")[:k]
+            order = order[np.isfinite(score[order])]
+            titles = st.items["title"].to_list()
+            return RankResult(
+                user=user,
+                item_ids=st.item_ids.ids[order],
+                items=order.astype(np.int64),
+                scores=score[order].astype(np.float32),
+                contributions={
+                    "text": ((1 - w) * sims[order]).astype(np.float32),
+                    "popularity": (w * pop[order]).astype(np.float32),
+                },
+                base=np.zeros(len(order), dtype=np.float32),
+                titles=[titles[i] for i in order.tolist()],
+                at=float(time.time()),
+            )
+
+    # ================================================================== online
+    def observe(self, events: Any) -> int:
+        """Take new interactions without refitting; returns how many were taken.
+
+        ``events``: a polars/pandas frame with ``user_id``, ``item_id``, ``timestamp`` columns,
+        or an iterable of ``(user_id, item_id, timestamp)`` tuples. Unknown users are added;
+        unknown items raise :class:`UnknownIdError` (``add_items`` first) or, with
+        ``unknown_items="warn"``, are reported and skipped. CF user vectors are folded in again,
+        interest vectors, co-visitation and popularity updated; rankings see the events at once.
+        """
+        users_raw, items_raw, times = _events_to_lists(events)
+        if not users_raw:
+            return 0
+        with self._lock.write():
+            st = self._require()
+            item_idx = st.item_ids.indices(items_raw, missing=-1)
+            bad = np.flatnonzero(item_idx < 0)
+            if len(bad):
+                if self.config.unknown_items == "error":
+                    raise UnknownIdError(
+                        f"event item {items_raw[bad[0]]!r} is not in the catalog (add_items() first)"
+                    )
+                warnings.warn(
+                    f"{len(bad)} event(s) name items outside the catalog, first {items_raw[bad[0]]!r}; skipped",
+                    stacklevel=2,
+                )
+            ok = item_idx >= 0
+            st.user_ids = st.user_ids.extend([u for u, keep in zip(users_raw, ok, strict=True) if keep])
+            user_idx = st.user_ids.indices([u for u, keep in zip(users_raw, ok, strict=True) if keep])
+            t = np.asarray(times, dtype=np.float64)[ok]
+            items = item_idx[ok]
+            order = np.argsort(t, kind="stable")
+            self._observe_indices(user_idx[order], items[order], t[order])
+            return int(ok.sum())
+
+    def add_items(self, items: Any) -> int:
+        """Add new items from their texts; returns how many were added.
+
+        ``items``: a frame or a list of dicts with ``item_id`` and ``title`` and/or ``text``
+        (optional ``genres``). They are embedded, indexed and retrievable at once (by the
+        interest channel and text queries), scored by the re-ranker from text, and the fusion
+        layer treats their missing CF signals as missing.
+        """
+        from driftrank.data._dataset import _to_polars
+        from driftrank.data._validate import normalise_items
+
+        frame = (
+            items
+            if isinstance(items, pl.DataFrame)
+            else (pl.DataFrame(items) if isinstance(items, list) else _to_polars(items, "items"))
+        )
+        new = normalise_items(frame, source="add_items")
+        with self._lock.write():
+            st = self._require()
+            dup = [x for x in new["item_id"].to_list() if x in st.item_ids]
+            if dup:
+                raise DataError(f"add_items: item {dup[0]!r} is already in the catalog")
+            texts = new["text"].to_list()
+            if any(not t.strip() for t in texts):
+                raise DataError("add_items: every new item needs a non-empty title or text")
+            vecs = self._encode(texts)
+            n_new = new.height
+            old_n = len(st.item_ids)
+            st.item_ids = st.item_ids.extend(new["item_id"].to_list())
+            table = new.with_columns(
+                pl.Series("item", np.arange(old_n, old_n + n_new, dtype=np.int32))
+            ).with_columns(pl.col("item_id").cast(st.items["item_id"].dtype, strict=False))
+            st.items = pl.concat([st.items, table.select(st.items.columns)], how="vertical_relaxed")
+            st.item_vectors = np.vstack([st.item_vectors, vecs])
+            st.popularity = np.concatenate([st.popularity, np.zeros(n_new)])
+            st.first_seen = np.concatenate([st.first_seen, np.full(n_new, np.nan)])
+            if self._merger is not None:
+                self._merger.extend_items(n_new)
+            if self._interest is not None:
+                self._interest.extend_items(n_new, vecs)
+            if self._reranker is not None:
+                self._reranker.extend_items(vecs)
+            return n_new
+
+    # ================================================================== info
+    @property
+    def n_users(self) -> int:
+        """Users the engine knows (fitted and observed)."""
+        return len(self._require().user_ids)
+
+    @property
+    def n_items(self) -> int:
+        """Items in the catalog (fitted and added)."""
+        return len(self._require().item_ids)
+
+    @property
+    def fit_report(self) -> dict[str, Any]:
+        """What ``fit`` measured: seconds per stage, held-out candidate recall, fusion report."""
+        return dict(self._require().fit_report)
+
+    def history(self, user: object) -> pl.DataFrame:
+        """A user's known events, oldest first: ``item_id``, ``title``, ``timestamp``."""
+        with self._lock.read():
+            st = self._require()
+            u = st.user_ids.index(user)
+            items, times = st.log.user(u)
+            titles = st.items["title"].to_list()
+            return pl.DataFrame(
+                {
+                    "item_id": st.item_ids.ids[items],
+                    "title": [titles[i] for i in items.tolist()],
+                    "timestamp": times,
+                }
+            )
+
+    def explain(self, user: object, k: int = 10, windows: int = 4) -> Any:
+        """Why ``user`` gets what they get: their interest evolution and per-item reasons.
+
+        Returns an :class:`~driftrank.engine.Explanation` (print it for a readable summary):
+        genre shares per time window of the history (``windows`` windows of equal event counts),
+        the genres rising and falling, the genres nearest to each current interest vector, and
+        for each of the top-``k`` items the signal that added most and the most similar history item.
+        """
+        from driftrank.engine._explain import explain
+
+        return explain(self, user, k=_check_k(k), windows=windows)
+
+    def interest_trajectory(self, user: object, times: Sequence[float]) -> np.ndarray:
+        """``float32[len(times), n_scales, dim]``: the user's interest vectors at each time."""
+        with self._lock.read():
+            st = self._require()
+            if self._interest is None:
+                raise ConfigError("interest_trajectory needs the interest channel (EngineConfig.interest)")
+            u = st.user_ids.index(user)
+            t = np.array([_check_time(x, "times") for x in times], dtype=np.float64)
+            return np.asarray(self._interest.interest.trajectory(u, t))
+
+    # ================================================================== persistence
+    def save(self, path: str | Path) -> Path:
+        """Save to folder ``path`` atomically (JSON manifest + ``.npz`` arrays, no pickle)."""
+        from driftrank.engine._persist import save_bundle
+        from driftrank.engine._state import engine_components
+
+        with self._lock.read():
+            return save_bundle(path, self.config.to_dict(), engine_components(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Engine:
+        """Load a folder written by :meth:`save`, verifying checksums and versions."""
+        from driftrank.engine._persist import load_bundle
+        from driftrank.engine._state import restore_engine
+
+        manifest, components = load_bundle(path)
+        return restore_engine(cls, manifest, components)
+
+
+# ---------------------------------------------------------------------- helpers
+def _default_quotas(names: list[str]) -> tuple[tuple[str, float], ...]:
+    base = {
+        "als": 1.0,
+        "bpr": 0.5,
+        "lightfm": 1.0,
+        "covisit": 1.0,
+        "popularity": 0.2,
+        "pop": 0.2,
+        "interest": 0.5,
+    }
+    return tuple((n, base.get(n, 1.0)) for n in names)
+
+
+def _first_seen(ds: Dataset) -> np.ndarray:
+    out = np.full(ds.n_items, np.inf)
+    np.minimum.at(out, ds.item_index, ds.timestamps)
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+def _expand(rows: sp.csr_matrix | None, users: np.ndarray) -> sp.csr_matrix | None:
+    """Batch rows (one per user of the batch) → a CSR indexed by user index, as channels expect."""
+    if rows is None:
+        return None
+    n = int(users.max()) + 1 if len(users) else 0
+    coo = rows.tocoo()
+    data = np.ones(len(coo.col), dtype=np.float32)
+    full = sp.csr_matrix((data, (users[coo.row], coo.col)), shape=(n, rows.shape[1]))
+    full.sum_duplicates()
+    full.data[:] = 1.0
+    return full
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise DataError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _check_time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{what} must be unix seconds (a number), got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise DataError(f"{what} must be a finite number of unix seconds, got {value!r}")
+    return v
+
+
+def _events_to_lists(events: Any) -> tuple[list[object], list[object], list[float]]:
+    if isinstance(events, pl.DataFrame) or type(events).__module__.startswith("pandas"):
+        frame = events if isinstance(events, pl.DataFrame) else pl.from_pandas(events)
+        missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
+        if missing:
+            raise DataError(f"events frame is missing column(s) {missing}; found {frame.columns}")
+        users = frame["user_id"].to_list()
+        items = frame["item_id"].to_list()
+        times = frame["timestamp"].to_list()
+    else:
+        if isinstance(events, (str, bytes)) or not isinstance(events, Iterable):
+            raise DataError(
+                f"events must be a frame or an iterable of (user_id, item_id, timestamp), got {type(events).__name__}"
+            )
+        users, items, times = [], [], []
+        for j, e in enumerate(events):
+            if not (isinstance(e, (tuple, list)) and len(e) == 3):
+                raise DataError(f"event {j} must be a (user_id, item_id, timestamp) tuple, got {e!r}")
+            users.append(e[0])
+            items.append(e[1])
+            times.append(e[2])
+    for j, (u, i) in enumerate(zip(users, items, strict=True)):
+        if u is None or i is None:
+            raise DataError(f"event {j} has a missing user or item id")
+    return users, items, [_check_time(t, f"timestamp of event {j}") for j, t in enumerate(times)]

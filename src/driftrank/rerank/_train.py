@@ -1,0 +1,164 @@
+"""The training loop shared by the torch sequence models.
+
+Adam over epochs of mini-batches, validation NDCG@10 after every ``eval_every`` epochs, early
+stopping with a patience counted in evaluations, and the best weights restored at the end.
+Everything random inside runs under :func:`seeded`, which forks torch's global generator so a
+fit neither depends on nor disturbs the caller's random state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from driftrank.eval import Targets, metrics_at, target_ranks
+
+log = logging.getLogger("driftrank.rerank")
+
+__all__ = ["FitReport", "ndcg_at_10", "seeded", "train_loop"]
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What one ``fit`` did.
+
+    ``epochs``: epochs run (pre-training excluded); ``best_epoch``: the epoch whose weights were
+    kept; ``best_score``: its validation NDCG@10 (``None`` without validation); ``seconds``:
+    wall time of the whole fit; ``history``: one dict per epoch (``epoch``, ``loss``, and
+    ``ndcg@10`` where evaluated); ``pretrain_history`` likewise for pre-training epochs.
+    """
+
+    epochs: int
+    best_epoch: int
+    best_score: float | None
+    seconds: float
+    history: tuple[dict[str, float], ...]
+    pretrain_history: tuple[dict[str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (stored with the model)."""
+        out = asdict(self)
+        out["history"] = [dict(h) for h in self.history]
+        out["pretrain_history"] = [dict(h) for h in self.pretrain_history]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitReport:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            int(d["epochs"]),
+            int(d["best_epoch"]),
+            None if d["best_score"] is None else float(d["best_score"]),
+            float(d["seconds"]),
+            tuple(dict(h) for h in d["history"]),
+            tuple(dict(h) for h in d.get("pretrain_history", ())),
+        )
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU generator seeded to ``seed``, restoring it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def ndcg_at_10(ranked: np.ndarray, targets: Targets) -> float:
+    """Mean NDCG@10 of ``ranked: int[n, >=10]`` (rows aligned with ``targets``)."""
+    if len(targets) == 0:
+        return 0.0
+    return float(metrics_at(target_ranks(ranked, targets.items), 10)["NDCG@10"].mean())
+
+
+def train_loop(
+    net: torch.nn.Module,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batches: Callable[[int], Iterable[Any]],
+    step: Callable[[Any], torch.Tensor],
+    validate: Callable[[], float] | None = None,
+    patience: int = 10,
+    eval_every: int = 1,
+    progress: bool = False,
+    desc: str = "train",
+    max_grad_norm: float | None = 5.0,
+) -> tuple[int, int, float | None, tuple[dict[str, float], ...]]:
+    """Train ``net`` with Adam; returns ``(epochs_run, best_epoch, best_score, history)``.
+
+    ``batches(epoch)`` yields the epoch's batches (it owns shuffling and sampling, seeded by the
+    caller); ``step(batch)`` returns the scalar loss. With ``validate`` (higher is better,
+    called under ``torch.inference_mode`` in eval mode) training stops once ``patience``
+    evaluations in a row did not improve on the best, and the best weights are restored.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    best_score: float | None = None
+    best_epoch = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad = 0
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+    epoch = 0
+    for epoch in bar:
+        start = time.perf_counter()
+        net.train()
+        total, count = 0.0, 0
+        for batch in batches(epoch):
+            opt.zero_grad(set_to_none=True)
+            loss = step(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch {epoch}")
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            total += float(loss.detach())
+            count += 1
+        record: dict[str, float] = {"epoch": float(epoch), "loss": total / max(1, count)}
+        if validate is not None and (epoch % eval_every == 0 or epoch == epochs):
+            net.eval()
+            with torch.inference_mode():
+                score = float(validate())
+            record["ndcg@10"] = score
+            if best_score is None or score > best_score + 1e-9:
+                best_score, best_epoch, bad = score, epoch, 0
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                bad += 1
+        record["seconds"] = time.perf_counter() - start
+        history.append(record)
+        log.info(
+            "%s epoch %d: loss %.4f%s (%.1fs)",
+            desc,
+            epoch,
+            record["loss"],
+            f", validation NDCG@10 {record['ndcg@10']:.4f}" if "ndcg@10" in record else "",
+            record["seconds"],
+        )
+        bar.set_postfix(
+            loss=f"{record['loss']:.4f}",
+            ndcg=f"{record.get('ndcg@10', math.nan):.4f}",
+            best=f"{best_score if best_score is not None else math.nan:.4f}",
+        )
+        if validate is not None and bad >= patience:
+            log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch, best_epoch)
+            break
+    bar.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    net.eval()
+    return epoch, best_epoch, best_score, tuple(history)

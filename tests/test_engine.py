@@ -1,0 +1,243 @@
+"""The Engine API on small synthetic data: ranking, cold start, online updates, persistence, threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from driftrank.data import Dataset, make_drifting
+from driftrank.engine import EncoderConfig, Engine, EngineConfig
+from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError, UnknownIdError
+from driftrank.fusion import FusionConfig
+from driftrank.rerank._model import SequenceRerankerConfig
+
+
+def small_config(**kw: object) -> EngineConfig:
+    base: dict[str, object] = {
+        "encoder": EncoderConfig(kind="hashing", dim=64),
+        "reranker": SequenceRerankerConfig(dim=32, n_layers=1, max_epochs=2, n_hard=8, n_random=16),
+        "fusion_config": FusionConfig(max_epochs=15),
+        "n_candidates": 40,
+    }
+    base.update(kw)
+    return EngineConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return make_drifting(n_users=70, n_items=100, n_topics=4, events_per_user=(10, 16), seed=4)
+
+
+@pytest.fixture(scope="module")
+def fitted(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fitted engine saved once; tests load their own copy so they can mutate it."""
+    engine = Engine(small_config()).fit(data)
+    return engine.save(tmp_path_factory.mktemp("engine") / "model")
+
+
+@pytest.fixture
+def engine(fitted: Path) -> Engine:
+    return Engine.load(fitted)
+
+
+def test_rank_known_user(engine: Engine, data: Dataset) -> None:
+    uid = data.user_ids.ids[3]
+    r = engine.rank(uid, k=7)
+    assert len(r) == 7
+    assert np.all(np.diff(r.scores) <= 1e-6)
+    seen = set(engine.history(uid)["item_id"].to_list())
+    assert not seen & set(r.item_ids.tolist())
+    # contributions add up to the score
+    total = r.base + sum(r.contributions.values())
+    np.testing.assert_allclose(total, r.scores, rtol=1e-4, atol=1e-4)
+    assert {"rerank", "popularity", "history_length"} <= set(r.contributions)
+    frame = r.to_frame()
+    assert frame.columns[:4] == ["rank", "item_id", "title", "score"]
+
+
+def test_batch_equals_single(engine: Engine, data: Dataset) -> None:
+    users = list(data.user_ids.ids[:6])
+    batch = engine.rank_batch(users, k=5)
+    for u, b in zip(users, batch, strict=True):
+        s = engine.rank(u, k=5)
+        np.testing.assert_array_equal(s.item_ids, b.item_ids)
+        np.testing.assert_allclose(s.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_ranks_identically(engine: Engine, data: Dataset, tmp_path: Path) -> None:
+    engine.save(tmp_path / "m")
+    other = Engine.load(tmp_path / "m")
+    for u in data.user_ids.ids[:5]:
+        a, b = engine.rank(u, k=10), other.rank(u, k=10)
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_tampered_model_is_refused(fitted: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(fitted, copy)
+    f = copy / "fusion.npz"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        Engine.load(copy)
+
+
+def test_observe_changes_ranking_without_refit(engine: Engine, data: Dataset) -> None:
+    uid = data.user_ids.ids[0]
+    before = engine.rank(uid, k=10)
+    last_t = float(engine.history(uid)["timestamp"].max())
+    target = before.item_ids[0]
+    n = engine.observe([(uid, target, last_t + 60)])
+    assert n == 1
+    after = engine.rank(uid, k=10)
+    assert target not in after.item_ids.tolist()  # now seen, so excluded
+    assert engine.history(uid)["item_id"].to_list()[-1] == target
+
+
+def test_new_user_with_history_and_text(engine: Engine, data: Dataset) -> None:
+    n_before = engine.n_users
+    items = list(data.item_ids.ids[:3])
+    r = engine.rank(10_001, history=items, k=5)
+    assert len(r) == 5 and not set(items) & set(r.item_ids.tolist())
+    assert engine.n_users == n_before + 1
+    t = engine.rank(text="haunted ghost nightmare", k=5)
+    assert len(t) == 5
+    titles = " ".join(t.titles).lower()
+    assert any(w in titles for w in ("haunted", "ghost", "nightmare"))
+
+
+def test_add_items_are_retrievable(engine: Engine, data: Dataset) -> None:
+    n = engine.add_items([{"item_id": 50_000, "title": "Haunted Ghost Crypt Nightmare", "genres": "horror"}])
+    assert n == 1 and engine.n_items == data.n_items + 1
+    t = engine.rank(text="haunted ghost crypt nightmare", k=3)
+    assert 50_000 in t.item_ids.tolist()
+    # known users can be ranked after the catalog grew
+    r = engine.rank(data.user_ids.ids[1], k=10, candidates=[50_000, *data.item_ids.ids[:20].tolist()])
+    assert len(r) > 0
+    with pytest.raises(DataError, match="already in the catalog"):
+        engine.add_items([{"item_id": 50_000, "title": "dup"}])
+
+
+def test_filter_and_candidates(engine: Engine, data: Dataset) -> None:
+    allowed = set(data.item_ids.ids[::3].tolist())
+    r = engine.rank(data.user_ids.ids[2], k=10, filter=allowed)
+    assert set(r.item_ids.tolist()) <= allowed
+    r2 = engine.rank(data.user_ids.ids[2], k=10, filter=lambda i: int(i) % 2 == 0)
+    assert all(int(i) % 2 == 0 for i in r2.item_ids)
+
+
+def test_input_validation(engine: Engine, data: Dataset) -> None:
+    with pytest.raises(DataError, match="k must be a positive integer, got 0"):
+        engine.rank(data.user_ids.ids[0], k=0)
+    with pytest.raises(UnknownIdError, match="unknown user id 424242"):
+        engine.rank(424242)
+    with pytest.raises(UnknownIdError, match="not in the catalog"):
+        engine.rank(777_777, history=[123_456_789])
+    with pytest.raises(DataError, match="before the latest event"):
+        engine.rank(data.user_ids.ids[0], at=1.0)
+    with pytest.raises(DataError, match="unix seconds"):
+        engine.rank(data.user_ids.ids[0], at="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="tuple"):
+        engine.observe([(1, 2)])
+    with pytest.raises(UnknownIdError, match="not in the catalog"):
+        engine.observe([(data.user_ids.ids[0], 987654, 2e9)])
+    with pytest.raises(DataError, match="missing column"):
+        engine.observe(pl.DataFrame({"user_id": [1], "item_id": [2]}))
+    with pytest.raises(NotFittedError):
+        Engine(small_config()).rank(1)
+    with pytest.raises(ConfigError, match="n_candidates"):
+        small_config(n_candidates=0)
+
+
+def test_concurrent_rank_matches_serial(engine: Engine, data: Dataset) -> None:
+    users = list(data.user_ids.ids[:12])
+    serial = {u: engine.rank(u, k=8).item_ids.tolist() for u in users}
+    results: dict[object, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def worker(us: list[object]) -> None:
+        try:
+            for u in us:
+                results[u] = engine.rank(u, k=8).item_ids.tolist()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(users[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == serial
+
+
+def test_observe_concurrent_with_rank(engine: Engine, data: Dataset) -> None:
+    uid = data.user_ids.ids[5]
+    t0 = float(engine.history(uid)["timestamp"].max())
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def ranker() -> None:
+        try:
+            while not stop.is_set():
+                r = engine.rank(data.user_ids.ids[6], k=5)
+                assert len(r) == 5
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    th = threading.Thread(target=ranker)
+    th.start()
+    items = data.item_ids.ids[10:20].tolist()
+    for j, i in enumerate(items):
+        engine.observe([(uid, i, t0 + 10 * (j + 1))])
+    stop.set()
+    th.join()
+    assert not errors
+    hist = engine.history(uid)["item_id"].to_list()
+    assert hist[-len(items) :] == items
+
+
+def test_same_seed_same_engine(data: Dataset) -> None:
+    cfg = small_config(reranker=None, fusion_config=FusionConfig(max_epochs=5))
+    a = Engine(cfg).fit(data).rank(data.user_ids.ids[0], k=10)
+    b = Engine(cfg).fit(data).rank(data.user_ids.ids[0], k=10)
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    np.testing.assert_allclose(a.scores, b.scores)
+
+
+def test_config_round_trip(tmp_path: Path) -> None:
+    cfg = small_config()
+    assert EngineConfig.from_dict(cfg.to_dict()) == cfg
+    f = tmp_path / "engine.toml"
+    f.write_text(
+        'n_candidates = 50\nfusion = "linear"\n[bpr]\nenabled = false\n[als]\nfactors = 16\n[encoder]\nkind = "hashing"\n'
+    )
+    c = EngineConfig.from_toml(f)
+    assert c.n_candidates == 50 and c.fusion == "linear" and c.bpr is None and c.als.factors == 16
+    f.write_text("n_candidatez = 5\n")
+    with pytest.raises(ConfigError, match="n_candidatez"):
+        EngineConfig.from_toml(f)
+
+
+def test_explain_shows_drift(engine: Engine, data: Dataset) -> None:
+    uid = data.user_ids.ids[0]
+    ex = engine.explain(uid, k=5, windows=2)
+    assert ex.evolution.height == 2
+    old_topic, new_topic = (
+        data.meta["topic_names"][t] for t in data.meta["topics"][data.user_ids.index(uid)]
+    )
+    assert any(g == new_topic for g, _ in ex.rising)
+    assert any(g == old_topic for g, _ in ex.falling)
+    assert len(ex.reasons) == 5
+    text = str(ex)
+    assert "rising" in text and ex.reasons[0]["title"] in text
+    traj = engine.interest_trajectory(uid, [1.6e9, 1.7e9])
+    assert traj.shape[0] == 2
