@@ -272,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--profile-users", type=int, default=40, help="users for the position profile")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--speed-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure zero-shot speed on N users (batch 8 and single-user, prefix cache on/off)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -359,6 +366,14 @@ def main(argv: list[str] | None = None) -> int:
         print(name, metrics[name], f"{timings[name]:.2f} s/user", flush=True)
         dump()
         return np.stack(scores)
+
+    if args.speed_only:
+        from bench_llm_gpu import speed
+
+        result["speed"] = speed(rr, plain[: args.speed_only], [8], args.speed_only, args.speed_only)
+        result["total_seconds"] = time.perf_counter() - t_start
+        dump()
+        return 0
 
     s1 = run("llm zero-shot, 1 order", rr, plain, 1)
     s3 = run("llm zero-shot, 3 orders", rr, plain, 3)

@@ -86,7 +86,8 @@ def big_llama_config(vocab_size: int, smoke: bool) -> Any:
 def speed(
     rr: Any, queries: list[Any], batch_sizes: list[int], n_users: int, latency_runs: int
 ) -> dict[str, Any]:
-    """Throughput per batch size (and without prefix reuse at the largest), then latency."""
+    """Throughput per batch size (and without the prefix cache at the best one), then
+    single-user latency with and without the prefix cache."""
     base_cfg = rr.config
     reps = -(-n_users // len(queries))
     # Distinct keys, so every copy gets its own shuffle like a distinct user would.
@@ -124,22 +125,23 @@ def speed(
     }
     out["throughput"].append(row)
     print("  throughput", row, flush=True)
-    rr.config = dataclasses.replace(base_cfg, batch_size=1)
-    for q in pool[: min(5, latency_runs)]:
-        rr.score([q], n_permutations=1)
-    lat = []
-    for q in pool[:latency_runs]:
-        t0 = time.perf_counter()
-        rr.score([q], n_permutations=1)
-        lat.append(time.perf_counter() - t0)
+    for reuse, key in ((True, "latency_ms"), (False, "latency_ms_no_prefix_cache")):
+        rr.config = dataclasses.replace(base_cfg, batch_size=1, reuse_prefix=reuse)
+        for q in pool[: min(5, latency_runs)]:
+            rr.score([q], n_permutations=1)
+        lat = []
+        for q in pool[:latency_runs]:
+            t0 = time.perf_counter()
+            rr.score([q], n_permutations=1)
+            lat.append(time.perf_counter() - t0)
+        out[key] = {
+            "runs": len(lat),
+            "p50": percentile_ms(lat, 50),
+            "p99": percentile_ms(lat, 99),
+            "mean": float(np.mean(lat) * 1000),
+        }
+        print(f"  {key}", out[key], flush=True)
     rr.config = base_cfg
-    out["latency_ms"] = {
-        "runs": len(lat),
-        "p50": percentile_ms(lat, 50),
-        "p99": percentile_ms(lat, 99),
-        "mean": float(np.mean(lat) * 1000),
-    }
-    print("  latency", out["latency_ms"], flush=True)
     return out
 
 

@@ -259,6 +259,8 @@ def test_new_items_are_scored_by_text(small_drifting: Dataset) -> None:
     assert r.items.max() == n + 1  # the new items are ranked too
     out = model.score(np.array([0]), [np.array([0, n, 1, n + 1])])
     assert np.isfinite(out).all()
+    back = SequenceReranker.from_state(*model.get_state())
+    np.testing.assert_array_equal(back.score(np.array([0]), [np.array([0, n, 1, n + 1])]), out)
     model.observe(np.array([0]), np.array([n]), np.array([2e9]))  # and can be observed
     with pytest.raises(DataError, match="columns"):
         model.extend_items(np.ones((1, 3), np.float32))

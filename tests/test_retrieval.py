@@ -93,7 +93,9 @@ def _hist(ds: Dataset, u: int) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------- ALS against implicit
 @pytest.fixture(scope="module")
 def als_fit(drifting):
-    return ALSChannel(ALSConfig(factors=16, iterations=15, regularization=0.5, alpha=2.0)).fit(drifting)
+    return ALSChannel(
+        ALSConfig(factors=16, iterations=15, regularization=0.5, alpha=2.0, half_life_days=1.0)
+    ).fit(drifting)
 
 
 def test_als_fold_in_matches_implicit_recalculate_user(als_fit, drifting):
@@ -119,7 +121,9 @@ def test_als_fold_in_close_to_implicits_trained_vectors(als_fit, drifting):
     served = als_fit.user_vectors(np.arange(drifting.n_users))
     rel = np.linalg.norm(served - trained, axis=1) / np.linalg.norm(trained, axis=1)
     assert np.median(rel) < 0.06 and rel.max() < 0.10, (np.median(rel), rel.max())
-    wrong = ALSChannel(ALSConfig(factors=16, iterations=15, regularization=0.5, alpha=2.0))
+    wrong = ALSChannel(
+        ALSConfig(factors=16, iterations=15, regularization=0.5, alpha=2.0, half_life_days=1.0)
+    )
     wrong._fold_params = lambda: (0.5, 0.0)  # a fold-in ignoring the confidences must be caught
     wrong.fit(drifting)
     served_wrong = wrong.user_vectors(np.arange(drifting.n_users))
@@ -467,22 +471,23 @@ def test_roundtrip_helper_uses_no_pickle(small_drifting):
 @pytest.mark.slow
 def test_accuracy_bands_ml100k(ml100k):
     """Bands around the measured test-split numbers (docs/retrieval.md): a regression in a
-    channel, the fold-in or the merge moves them by more than the noise of a refit."""
+    channel, the fold-in or the merge moves them by more than the noise of a refit. The default
+    merger must beat its best channel at every N."""
     from driftrank.eval import leave_one_out, metrics_at, rank_targets, target_ranks
 
     split = leave_one_out(ml100k)
     hist, tg = split.train_valid, split.test
-    cov = CovisitChannel().fit(hist)
-    als = ALSChannel().fit(hist)
-    pop = PopularityChannel().fit(hist)
+    merger = CandidateMerger.default().fit(hist)
     out = {}
-    for ch in (cov, als):
+    for ch in merger.channels:
         ranking, _ = rank_targets(ch, hist, tg, 200)
         out[ch.name] = candidate_recall(ranking, tg.items)
         out[ch.name]["ndcg"] = float(metrics_at(target_ranks(ranking.items, tg.items), 10)["NDCG@10"].mean())
+    # Measured: covisit 0.777 / 0.111, als 0.721 / 0.077, lightfm 0.759 / 0.084 (R@200 / NDCG@10).
     assert out["covisit"]["200"] > 0.75 and out["covisit"]["ndcg"] > 0.10, out["covisit"]
-    assert out["als"]["200"] > 0.68 and out["als"]["ndcg"] > 0.07, out["als"]
-    merger = CandidateMerger([cov, als, pop], MergerConfig((("covisit", 3.0), ("als", 1.0), ("pop", 0.1))))
+    assert out["als"]["200"] > 0.69 and out["als"]["ndcg"] > 0.07, out["als"]
+    assert out["lightfm"]["200"] > 0.72 and out["lightfm"]["ndcg"] > 0.075, out["lightfm"]
     merged = candidate_recall(merger.candidates(tg.users, 200, exclude=hist.seen), tg.items)
     for n in ("50", "100", "200"):
-        assert merged[n] > max(out["covisit"][n], out["als"][n]), (n, merged, out)
+        best = max(v[n] for v in out.values())
+        assert merged[n] > best, (n, merged, out)

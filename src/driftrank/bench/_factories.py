@@ -89,3 +89,10 @@ def hybrid_rrf(params: dict[str, Any], seed: int) -> Ranker:
 def rerank(params: dict[str, Any], seed: int) -> Ranker:
     """``rerank``: merged retrieval candidates ordered by the sequence re-ranker alone."""
     return _engine(params, seed, fusion="reranker")
+
+
+def sasrec(params: dict[str, Any], seed: int) -> Ranker:
+    """``sasrec``: the self-attentive sequential recommender (full softmax, full ranking)."""
+    from driftrank.rerank._sasrec import SASRec, SASRecConfig
+
+    return SASRec(_config(SASRecConfig, {"seed": seed, **params}))

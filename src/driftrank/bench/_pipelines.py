@@ -74,6 +74,7 @@ PIPELINES: dict[str, str] = {
     "hybrid-linear": "driftrank.bench._factories:hybrid_linear",
     "hybrid-rrf": "driftrank.bench._factories:hybrid_rrf",
     "rerank": "driftrank.bench._factories:rerank",
+    "sasrec": "driftrank.bench._factories:sasrec",
 }
 
 

@@ -6,7 +6,6 @@ and ``import driftrank.rerank`` never pay for torch or transformers.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import inspect
@@ -317,12 +316,13 @@ class LabelScorer:
 
 def enable_checkpointing(model: Any) -> None:
     """Turn on activation (gradient) checkpointing, whichever name this transformers uses."""
+    # Non-reentrant checkpointing: gradients reach the soft tokens through inputs_embeds
+    # without marking the frozen embedding's output as requiring grad.
     fn = getattr(model, "activation_checkpointing_enable", None)
-    with contextlib.suppress(TypeError):
-        if fn is not None:
-            fn(activation_checkpointing_kwargs={"use_reentrant": False})
-            return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if fn is not None and "activation_checkpointing_kwargs" in inspect.signature(fn).parameters:
+        fn(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def disable_checkpointing(model: Any) -> None:

@@ -96,7 +96,7 @@ class SequenceRerankerConfig:
     candidate_attention: bool = True
     attention_heads: int = 1
     id_dropout: float = 0.1
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 60
@@ -726,7 +726,8 @@ def _next_item_loss(net: RerankerNet, batch: dict[str, Any], listwise_weight: fl
     u = net.query(states, eh, gap, visible, qpos)
     logits = u[valid] @ table.T + bias
     if len(batch["hist_items"]):
-        logits = logits.index_put((batch["hist_rows"], batch["hist_items"]), torch.tensor(float("-inf")))
+        # In place: the matmul's backward does not need its output, and a copy of [M, N] is not free.
+        logits.index_put_((batch["hist_rows"], batch["hist_items"]), torch.tensor(float("-inf")))
     loss = nnf.cross_entropy(logits, tgt[valid])
     if listwise_weight > 0:
         pos, cand = batch["pos"], batch["cand"]

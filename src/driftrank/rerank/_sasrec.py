@@ -186,7 +186,7 @@ class SASRec:
                 logits = net.logits(net(inp)[valid])
                 if pairs is not None and len(pairs[0]):
                     idx = (torch.from_numpy(pairs[0]), torch.from_numpy(pairs[1]))
-                    logits = logits.index_put(idx, torch.tensor(float("-inf")))
+                    logits.index_put_(idx, torch.tensor(float("-inf")))
                 return nnf.cross_entropy(logits, tgt[valid])
 
             validate = None

@@ -333,6 +333,12 @@ class FactorChannel(Channel):
         assert self._items_vec is not None
         n_fit = self._items_vec.shape[0]
         ok = self._has_vector(users)
+        if ok.all() and n_fit == self._n_items:
+            # The common case: one matrix product straight into the result (for one user a
+            # row-major matrix-vector product, the cheapest pass over the item vectors).
+            if len(users) == 1:
+                return (self._items_vec @ self._users_vec[users[0]])[None, :]
+            return self._users_vec[users] @ self._items_vec.T
         out = np.full((len(users), self._n_items), np.nan, dtype=np.float32)
         if ok.any():
             out[ok, :n_fit] = self._users_vec[users[ok]] @ self._items_vec.T
