@@ -11,7 +11,7 @@ once on ``split.test``. Item text vectors are all-MiniLM-L6-v2 embeddings of
     DRIFTRANK_DATA_HOME=../shared/data .venv/bin/python benchmarks/bench_reranker.py \\
         --datasets ml-100k ml-latest-small --out benchmarks/results/reranker.json
 
-``--no-grid`` skips tuning (defaults only); ``--ablations`` adds re-ranker variants measured on
+``--no-grid`` skips tuning (defaults, or ``--sasrec-config``/``--rerank-config`` JSON changes); ``--ablations`` adds re-ranker variants measured on
 validation (no pre-training vs masked pre-training, no decay, no candidate attention, no
 history masking, no text). ``--datasets ml-latest-small@llamarec`` runs the LlamaRec paper's
 protocol (titled items, 5-core, leave-one-out, full ranking).
@@ -142,8 +142,9 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     pop = evaluate(PopularityRanker(), split, stage="test", ks=(10,))
     result["popularity"] = {k: round(v, 4) for k, v in pop.metrics.items() if k.endswith("@10")}
     grids = {"sasrec": SASREC_GRID, "rerank": RERANK_GRID}
+    fixed = {"sasrec": args.sasrec_config, "rerank": args.rerank_config}
     for kind in args.models:
-        grid = grids[kind] if args.grid else [{}]
+        grid = grids[kind] if args.grid else [json.loads(fixed[kind])]
         tuning = (
             [run(kind, g, split, text, "validation", args.progress) for g in grid] if len(grid) > 1 else []
         )
@@ -169,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-grid", dest="grid", action="store_false")
+    p.add_argument("--sasrec-config", default="{}", help="JSON config changes for SASRec with --no-grid")
+    p.add_argument(
+        "--rerank-config", default="{}", help="JSON config changes for the re-ranker with --no-grid"
+    )
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--progress", action="store_true")
     p.add_argument(

@@ -159,6 +159,7 @@ class BenchResult:
     machine: dict[str, Any] = field(default_factory=machine_info)
     per_user: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     latencies: dict[str, np.ndarray] = field(default_factory=dict)
+    rankers: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict (per-user arrays are saved separately in ``per_user.npz``)."""
@@ -272,6 +273,7 @@ def run_benchmark(
     latency_users: int = 200,
     compare_to: str | None = None,
     progress: bool = True,
+    keep_rankers: bool = False,
 ) -> BenchResult:
     """Fit and evaluate every pipeline on the test step of one split of ``dataset``.
 
@@ -279,6 +281,7 @@ def run_benchmark(
     candidate recall@50/100/200 for pipelines that generate candidates, and paired per-user
     comparisons of every pipeline against ``compare_to`` (default: the first pipeline).
     ``save_predictions`` writes the top-20 of the last pipeline as ``user_id,items`` CSV.
+    ``keep_rankers`` keeps the fitted rankers in ``result.rankers`` (not saved to disk).
     """
     from tqdm.auto import tqdm
 
@@ -323,6 +326,8 @@ def run_benchmark(
             entry["report"] = ranker.report()
         result.pipelines[spec.name] = entry
         result.per_user[spec.name] = res.per_user
+        if keep_rankers:
+            result.rankers[spec.name] = ranker
         last = res
     names = list(result.pipelines)
     base = compare_to or (names[0] if names else None)
