@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-users", type=int, default=40, help="users for the position profile")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--skip-zero-shot", action="store_true", help="go straight to the fine-tune (reuse an earlier run)"
+    )
+    parser.add_argument(
         "--speed-only",
         type=int,
         default=0,
@@ -375,21 +378,22 @@ def main(argv: list[str] | None = None) -> int:
         dump()
         return 0
 
-    s1 = run("llm zero-shot, 1 order", rr, plain, 1)
-    s3 = run("llm zero-shot, 3 orders", rr, plain, 3)
-    result["zero_shot_score_correlation_1_vs_3_orders"] = float(
-        np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(s1, s3)])
-    )
-    t = time.perf_counter()
-    profile = rr.position_profile(plain[: args.profile_users])
-    result["position_profile_zero_shot"] = {
-        "users": min(args.profile_users, len(plain)),
-        "mean_probability_by_label": [round(float(x), 4) for x in profile],
-        "max_over_uniform": float(profile.max() * len(profile)),
-        "seconds": time.perf_counter() - t,
-    }
-    print("position profile", np.round(profile, 3), flush=True)
-    dump()
+    if not args.skip_zero_shot:
+        s1 = run("llm zero-shot, 1 order", rr, plain, 1)
+        s3 = run("llm zero-shot, 3 orders", rr, plain, 3)
+        result["zero_shot_score_correlation_1_vs_3_orders"] = float(
+            np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(s1, s3)])
+        )
+        t = time.perf_counter()
+        profile = rr.position_profile(plain[: args.profile_users])
+        result["position_profile_zero_shot"] = {
+            "users": min(args.profile_users, len(plain)),
+            "mean_probability_by_label": [round(float(x), 4) for x in profile],
+            "max_over_uniform": float(profile.max() * len(profile)),
+            "seconds": time.perf_counter() - t,
+        }
+        print("position profile", np.round(profile, 3), flush=True)
+        dump()
 
     train_users = np.sort(rng.choice(split.train.n_users, size=args.train_users, replace=False))
     examples = training_examples(

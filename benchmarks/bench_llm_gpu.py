@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from driftrank.data import load_dataset
     from driftrank.eval import leave_one_out
-    from driftrank.rerank._llm import LLMReranker, LLMRerankerConfig
+    from driftrank.rerank._llm import LLMExample, LLMReranker, LLMRerankerConfig
 
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -351,7 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t = time.perf_counter()
         ab = LLMReranker(dataclasses.replace(cfg, interest_dim=None))
-        ab.fit(without_interest(train_ex), progress=True)
+        ab.fit(
+            [
+                LLMExample(q, e.target)
+                for q, e in zip(without_interest([e.query for e in train_ex]), train_ex)
+            ],
+            progress=True,
+        )
         ab.merge_adapter()
         quality("smollm2 fine-tuned, no interest, 1 order", ab, plain, 1)
         phases["ablation"] = time.perf_counter() - t

@@ -152,12 +152,14 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         test = run(kind, best, split, text, "test", args.progress)
         test["vs_popularity_ndcg@10"] = round(test["NDCG@10"] / max(1e-12, pop.metrics["NDCG@10"]), 2)
         result[kind] = {"test": test, "tuning_on_validation": tuning, "chosen": best}
+        args.partial(result)
     if args.ablations:
         base = result.get("rerank", {}).get("chosen", {})
         rows = {"default": run("rerank", base, split, text, "validation", args.progress)}
         for label, change in ABLATIONS.items():
             rows[label] = run("rerank", {**base, **change}, split, text, "validation", args.progress)
-        result["rerank_ablations_on_validation"] = rows
+            result["rerank_ablations_on_validation"] = rows
+            args.partial(result)
     return result
 
 
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
     }
     for name in args.datasets:
+        # Written after every model, so a long run that is stopped keeps what it measured.
+        args.partial = lambda r, name=name: (report["results"].__setitem__(name, r), _write(args.out, report))
         report["results"][name] = bench_dataset(name, args)
         _write(args.out, report)
     report["machine"]["load_average_at_end"] = os.getloadavg()

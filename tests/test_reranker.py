@@ -420,3 +420,35 @@ def test_history_pairs_mask_the_past_but_never_the_target() -> None:
     # is also a past item (a repeat) and stays in the softmax.
     np.testing.assert_array_equal(rows, [0, 1, 1, 2, 3, 4, 4, 4])
     np.testing.assert_array_equal(items, [4, 4, 5, 7, 8, 7, 8, 7])
+
+
+def test_decayed_interests_against_hand_computed_weights() -> None:
+    import torch
+
+    from driftrank.rerank._seqnets import decayed_interests
+
+    # One query at T seeing 3 events 0, 1 and 2 days old (a 4th is hidden), two half-lives.
+    gap = torch.tensor([[[2.0, 1.0, 0.0, 0.5]]])
+    visible = torch.tensor([[[True, True, True, False]]])
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [9.0, 9.0]]])
+    out = decayed_interests(gap, visible, x, torch.log(torch.tensor([1.0, 2.0])))
+    for s, tau in enumerate([1.0, 2.0]):
+        w = np.array([2 ** (-2 / tau), 2 ** (-1 / tau), 1.0])
+        expect = (w[:, None] * np.array([[1, 0], [0, 1], [1, 1]])).sum(0) / w.sum()
+        np.testing.assert_allclose(out[0, 0, s].numpy(), expect, rtol=1e-6)
+    # τ = 1 day: weights 1/4, 1/2, 1 -> (1.25, 1.5) / 1.75.
+    np.testing.assert_allclose(out[0, 0, 0].numpy(), [1.25 / 1.75, 1.5 / 1.75], rtol=1e-6)
+    # Events years old do not underflow to NaN.
+    far = decayed_interests(gap * 1e6, visible, x, torch.zeros(1))
+    assert torch.isfinite(far).all()
+
+
+def test_gap_buckets_are_log2_minutes() -> None:
+    import torch
+
+    from driftrank.rerank._seqnets import gap_buckets
+
+    minute = 1.0 / 1440.0
+    gaps = torch.tensor([-1.0, 0.0, 0.5 * minute, minute, 3 * minute, 1.0 / 24, 1.0, 7.0, 365.0, 1e5])
+    expect = [0, 0, 0, 1, 2, 5, 10, 13, 19, 23]  # floor(log2(1 + minutes)), capped at 23
+    assert gap_buckets(gaps, 24).tolist() == expect

@@ -100,7 +100,7 @@ class SequenceRerankerConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 60
-    patience: int = 5
+    patience: int = 10
     eval_every: int = 1
     early_stopping: bool = True
     stride: int | None = 50

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-__all__ = ["CausalEncoder", "RerankerNet", "SASRecNet", "TransformerBlock", "gap_buckets"]
+__all__ = [
+    "CausalEncoder",
+    "RerankerNet",
+    "SASRecNet",
+    "TransformerBlock",
+    "decayed_interests",
+    "gap_buckets",
+]
 
 _LN2 = math.log(2.0)
 _MINUTES_PER_DAY = 1440.0
@@ -33,6 +40,19 @@ def gap_buckets(gap_days: Tensor, n_buckets: int) -> Tensor:
     """
     minutes = gap_days.clamp_min(0.0) * _MINUTES_PER_DAY
     return torch.floor(torch.log2(1.0 + minutes)).clamp(0, n_buckets - 1).long()
+
+
+def decayed_interests(gap: Tensor, visible: Tensor, vectors: Tensor, log_tau: Tensor) -> Tensor:
+    """Time-decayed means ``[B, Q, S, d]`` of history vectors, one per half-life.
+
+    ``I_s = Σ_k w_k x_k / Σ_k w_k`` with ``w_k = 2^(-gap_k / τ_s)`` over the visible events;
+    ``gap: [B, Q, L]`` days from each event to each query, ``visible: bool[B, Q, L]``,
+    ``vectors: [B, L, d]``, ``log_tau: [S]`` natural log of the half-lives in days. Computed as
+    a softmax of log-weights, so old events never underflow to an all-zero weight vector.
+    """
+    logw = -gap[..., None] * (_LN2 / log_tau.exp())  # [B, Q, L, S]
+    logw = logw.masked_fill(~visible[..., None], float("-inf"))
+    return torch.einsum("bqls,bld->bqsd", torch.softmax(logw, dim=2), vectors)
 
 
 class TransformerBlock(nn.Module):
@@ -227,12 +247,7 @@ class RerankerNet(nn.Module):
         d = states.shape[-1]
         u = torch.gather(states, 1, qpos[..., None].expand(-1, -1, d))
         if self.interest is not None:
-            tau = self.log_tau.exp()
-            logw = -gap[..., None] * (_LN2 / tau)  # [B, Q, L, S]
-            logw = logw.masked_fill(~visible[..., None], float("-inf"))
-            w = torch.softmax(logw, dim=2)  # = 2^(-gap/τ) normalised, without underflow
-            interests = torch.einsum("bqls,bld->bqsd", w, eh)
-            u = u + self.interest(interests.flatten(2))
+            u = u + self.interest(decayed_interests(gap, visible, eh, self.log_tau).flatten(2))
         last_gap = torch.gather(gap, 2, qpos[..., None]).squeeze(-1)
         return u + self.staleness(gap_buckets(last_gap, self.n_buckets))
 
