@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="less activation memory, ~30%% more compute"
+    )
     parser.add_argument("--max-history", type=int, default=6)
     parser.add_argument("--max-text-chars", type=int, default=48)
     parser.add_argument("--candidates", type=int, default=20)
@@ -344,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         train_batch_size=args.train_batch,
         epochs=args.epochs,
         learning_rate=args.lr,
+        gradient_checkpointing=args.grad_checkpointing,
         device="cpu",
         seed=args.seed,
     )

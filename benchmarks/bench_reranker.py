@@ -157,6 +157,8 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         base = result.get("rerank", {}).get("chosen", {})
         rows = {"default": run("rerank", base, split, text, "validation", args.progress)}
         for label, change in ABLATIONS.items():
+            if label not in args.ablation_names:
+                continue
             rows[label] = run("rerank", {**base, **change}, split, text, "validation", args.progress)
             result["rerank_ablations_on_validation"] = rows
             args.partial(result)
@@ -177,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rerank-config", default="{}", help="JSON config changes for the re-ranker with --no-grid"
     )
     p.add_argument("--ablations", action="store_true")
+    p.add_argument(
+        "--ablation-names",
+        nargs="+",
+        choices=sorted(ABLATIONS),
+        default=sorted(ABLATIONS),
+        help="which re-ranker variants --ablations measures (default: all)",
+    )
     p.add_argument("--progress", action="store_true")
     p.add_argument(
         "--quick", action="store_true", help="2 epochs per fit: checks the script, measures nothing"

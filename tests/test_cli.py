@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from driftrank.bench import PipelineSpec, build_pipeline
@@ -113,3 +114,56 @@ def test_missing_data_is_a_clear_error(
     rc = main(["describe", "--dataset", "ml-1m", "--data-home", str(tmp_path)])
     assert rc == 2
     assert "ml-1m" in capsys.readouterr().err
+
+
+def _tiny_engine_params() -> dict[str, object]:
+    return {
+        "encoder": {"kind": "hashing", "dim": 32},
+        "reranker": {"dim": 16, "n_layers": 1, "max_epochs": 2, "n_hard": 4, "n_random": 8},
+        "fusion_config": {"max_epochs": 5},
+        "lightfm": None,
+        "n_candidates": 30,
+    }
+
+
+def test_rerank_shares_the_hybrid_fit_and_ablation_is_recorded(tmp_path: Path) -> None:
+    from driftrank.bench import PipelineSpec, run_benchmark
+    from driftrank.data import make_drifting
+    from driftrank.engine._config import EngineConfig
+    from driftrank.engine._ranker import EngineRanker
+    from driftrank.eval import leave_one_out
+
+    data = make_drifting(n_users=40, n_items=60, n_topics=3, events_per_user=(8, 12), seed=3)
+    params = _tiny_engine_params()
+    specs = [PipelineSpec("hybrid", "hybrid", params), PipelineSpec("rerank", "rerank", params)]
+    res = run_benchmark(
+        data, specs, out=tmp_path, latency_users=0, progress=False, keep_rankers=True, ablation=True
+    )
+    hybrid, rerank = res.pipelines["hybrid"], res.pipelines["rerank"]
+    assert rerank["fit_shared_with"] == "hybrid" and "fit_shared_with" not in hybrid
+    assert rerank["fit_seconds"] == hybrid["fit_seconds"]
+    # The shared engine ranks exactly as a fresh fit of the rerank config does.
+    fresh = EngineRanker(EngineConfig.from_dict({"seed": 0, **params, "fusion": "reranker"}))
+    fresh.fit(leave_one_out(data).train_valid)
+    users = np.arange(data.n_users)
+    seen = leave_one_out(data).train_valid.seen
+    shared = res.rankers["rerank"].rank(users, 10, exclude=seen)
+    np.testing.assert_array_equal(shared.items, fresh.rank(users, 10, exclude=seen).items)
+    # A different re-ranker setting is not shared.
+    other = EngineConfig.from_dict({"seed": 0, **params, "fusion": "reranker", "n_candidates": 20})
+    assert res.rankers["hybrid"].derive(other) is None
+    # The ablation: all signals first, then each group removed, then each alone; methods too.
+    table = hybrid["ablation"]["table"]
+    assert table[0]["variant"] == "all" and table[0]["dNDCG@10"] == 0.0
+    groups = set(hybrid["ablation"]["groups"])
+    assert {r["group"] for r in table if r["variant"] == "without"} == groups
+    assert "rerank" in {r["group"] for r in table if r["variant"] == "only"}
+    assert [m["method"] for m in hybrid["ablation"]["methods"]] == [
+        "gated",
+        "gated, no MLP",
+        "linear (logistic)",
+        "reciprocal rank",
+    ]
+    assert "ablation" not in rerank
+    assert "Fusion ablation: hybrid" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert (tmp_path / "ablation-hybrid.png").is_file()

@@ -452,3 +452,33 @@ def test_gap_buckets_are_log2_minutes() -> None:
     gaps = torch.tensor([-1.0, 0.0, 0.5 * minute, minute, 3 * minute, 1.0 / 24, 1.0, 7.0, 365.0, 1e5])
     expect = [0, 0, 0, 1, 2, 5, 10, 13, 19, 23]  # floor(log2(1 + minutes)), capped at 23
     assert gap_buckets(gaps, 24).tolist() == expect
+
+
+def test_sampled_softmax_batches_for_large_catalogs(small_drifting: Dataset) -> None:
+    cfg = SequenceRerankerConfig(**{**TINY, "softmax_items": 20})
+    model = SequenceReranker(cfg)
+    h = Histories.from_dataset(small_drifting)
+    w_items, w_times, w_users = training_windows(h, cfg.max_len, cfg.stride)
+    rng = np.random.default_rng(0)
+    n_items = small_drifting.n_items
+    assert n_items > 20
+    b = model._make_batch(w_items[:8], w_times[:8], w_users[:8], n_items, rng, None)
+    sample = b["sample"].numpy()
+    inp, tgt = w_items[:8, :-1], w_items[:8, 1:]
+    targets = tgt[inp >= 0]
+    assert np.all(np.diff(sample) > 0) and len(sample) >= 20 and np.isin(targets, sample).all()
+    # the history mask points at sample columns holding exactly the masked history items
+    rows_full, items_full = history_pairs(inp, tgt)
+    in_sample = np.isin(items_full, sample)
+    np.testing.assert_array_equal(b["hist_rows"].numpy(), rows_full[in_sample])
+    np.testing.assert_array_equal(sample[b["hist_items"].numpy()], items_full[in_sample])
+    # a catalog no larger than softmax_items keeps the full softmax
+    full = SequenceReranker(SequenceRerankerConfig(**{**TINY, "softmax_items": n_items}))
+    assert full._make_batch(w_items[:8], w_times[:8], w_users[:8], n_items, rng, None)["sample"] is None
+    # training with the sampled softmax is deterministic and learns something
+    text = random_vectors(small_drifting)
+    a = SequenceReranker(cfg).fit(small_drifting, text)
+    c = SequenceReranker(cfg).fit(small_drifting, text)
+    users = np.arange(small_drifting.n_users)
+    np.testing.assert_array_equal(a.rank(users, 10).items, c.rank(users, 10).items)
+    assert a.fit_report_ is not None and a.fit_report_.history[-1]["loss"] < a.fit_report_.history[0]["loss"]

@@ -51,6 +51,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         latency_users=args.latency_users,
         compare_to=args.compare_to,
         progress=not args.quiet,
+        ablation=args.ablation,
     )
     print(result.table())
     if result.comparisons:
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=200,
         help="single-user rank calls timed per pipeline (default 200; 0 to skip)",
+    )
+    b.add_argument(
+        "--ablation",
+        action="store_true",
+        help="for engine pipelines with a trained fusion layer, add the fusion ablation table "
+        "(each signal removed, each alone, fusion methods) on the test step",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_cmd_bench)

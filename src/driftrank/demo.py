@@ -27,9 +27,8 @@ def demo_config(quick: bool, real: bool) -> Any:
     kw: dict[str, Any] = {"progress": False}
     if not real:
         kw["encoder"] = EncoderConfig(kind="hashing")
-    # The re-ranker's default trains until validation NDCG stops improving (up to 60 epochs,
-    # tens of minutes on 2 cores); the demo caps it so the whole run stays within minutes.
-    kw["reranker"] = {"max_epochs": 5 if quick else 15}
+    if quick:  # a smoke run: the re-ranker stops after 3 epochs
+        kw["reranker"] = {"max_epochs": 3}
     return EngineConfig(**kw)
 
 
@@ -43,11 +42,15 @@ def run_demo(dataset: str = "ml-100k", data_home: str | None = None, *, quick: b
     data, real = _load(dataset, data_home)
     print(f"data: {data!r} ({'real' if real else 'synthetic'})")
     cfg = demo_config(quick, real)
+    params = {k: v for k, v in cfg.to_dict().items() if k != "fusion"}
     specs = [
         PipelineSpec("pop", "pop"),
         PipelineSpec("als", "als"),
         PipelineSpec("covisit", "covisit"),
-        PipelineSpec("hybrid", "hybrid", cfg.to_dict()),
+        PipelineSpec("sasrec", "sasrec", {"max_epochs": 3} if quick else {}),
+        PipelineSpec("hybrid", "hybrid", params),
+        # served by the hybrid's fitted engine (same components), with the fusion layer off
+        PipelineSpec("rerank", "rerank", params),
     ]
     print("\nBenchmark (leave-one-out by time, full ranking, test step; fitting takes a few minutes) ...")
     result = run_benchmark(data, specs, latency_users=0, progress=False, keep_rankers=True)

@@ -67,7 +67,13 @@ def _engine(params: dict[str, Any], seed: int, **overrides: Any) -> Ranker:
     from driftrank.engine._config import EngineConfig
     from driftrank.engine._ranker import EngineRanker
 
-    data = {"seed": seed, **overrides, **params}
+    for key, value in overrides.items():
+        if key in params and params[key] != value:
+            raise ConfigError(
+                f"this pipeline kind sets {key}={value!r}; its params ask for {key}={params[key]!r} "
+                "(use the matching pipeline kind instead)"
+            )
+    data = {"seed": seed, **params, **overrides}
     return EngineRanker(EngineConfig.from_dict(data))
 
 

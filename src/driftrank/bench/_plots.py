@@ -69,4 +69,24 @@ def plot_results(result: BenchResult, out: Path) -> list[Path]:
         files.append(out / "latency.png")
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
+    for n, r in result.pipelines.items():
+        if "ablation" not in r:
+            continue
+        rows = [x for x in r["ablation"]["table"] if x["variant"] != "all"]
+        full = r["ablation"]["table"][0]["NDCG@10"]
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
+        vals = [x["dNDCG@10"] for x in rows]
+        ax.barh(
+            [f"{x['variant']} {x['group']}" for x in rows],
+            vals,
+            color=["#c44e52" if v < 0 else "#55a868" for v in vals],
+        )
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"test NDCG@10 minus all signals ({full:.4f})")
+        ax.set_title(f"{n}: fusion ablation")
+        fig.tight_layout()
+        files.append(out / f"ablation-{n}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
     return files

@@ -133,8 +133,14 @@ class EngineConfig:
 
     Channels set to ``None`` are left out. ``quotas`` (``((channel, share), ...)``) sets how the
     merged candidate list is shared among channels (``None`` = the defaults measured on the
-    validation split, see the README). ``fusion`` picks the final scorer: ``"gated"`` (the
-    learned fusion layer), ``"linear"`` (logistic linear mix), ``"rrf"`` (reciprocal rank
+    validation split, see the README). ``cold_item_slots``: of the ``n_candidates``, up to this
+    many go to the interest channel's nearest items that have no event yet (items from
+    ``add_items``), which no CF channel can retrieve (0 = no reserved slots).
+    ``cold_item_dropout``: while the fusion layer trains, this share of the items (drawn with
+    ``seed``) is treated as new: left out of the CF channels' lists, without popularity or age,
+    so the layer learns to score items that have only text (0 = off, the default: on the
+    ml-100k cold-start protocol 0.1 changed no segment significantly, see the README).
+    ``fusion`` picks the final scorer: ``"gated"`` (the learned fusion layer), ``"linear"`` (logistic linear mix), ``"rrf"`` (reciprocal rank
     fusion, no training), or ``"reranker"`` (the re-ranker's score alone: pipeline ``rerank``).
     ``final_update``: after fusion is trained on each user's held-out last event, ``"observe"``
     feeds those events to every component online (fast), ``"refit"`` refits the channels on all
@@ -149,6 +155,8 @@ class EngineConfig:
     interest: Any = "default"
     quotas: tuple[tuple[str, float], ...] | None = None
     n_candidates: int = 200
+    cold_item_slots: int = 20
+    cold_item_dropout: float = 0.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     reranker: Any = "default"
     fusion: Literal["gated", "linear", "rrf", "reranker"] = "gated"
@@ -198,6 +206,21 @@ class EngineConfig:
             or self.n_candidates < 1
         ):
             raise ConfigError(f"n_candidates must be a positive integer, got {self.n_candidates!r}")
+        if (
+            isinstance(self.cold_item_slots, bool)
+            or not isinstance(self.cold_item_slots, int)
+            or not 0 <= self.cold_item_slots <= self.n_candidates
+        ):
+            raise ConfigError(
+                f"cold_item_slots must be an integer in [0, n_candidates={self.n_candidates}], "
+                f"got {self.cold_item_slots!r}"
+            )
+        if (
+            isinstance(self.cold_item_dropout, bool)
+            or not isinstance(self.cold_item_dropout, (int, float))
+            or not 0 <= self.cold_item_dropout < 1
+        ):
+            raise ConfigError(f"cold_item_dropout must be in [0, 1), got {self.cold_item_dropout!r}")
         if self.fusion not in ("gated", "linear", "rrf", "reranker"):
             raise ConfigError(f"fusion must be 'gated', 'linear', 'rrf' or 'reranker', got {self.fusion!r}")
         if self.fusion == "reranker" and self.reranker is None:
@@ -239,7 +262,7 @@ class EngineConfig:
             )
         if "quotas" in data and data["quotas"] is not None:
             data["quotas"] = tuple(tuple(q) for q in data["quotas"])
-        for k in ("n_candidates", "seed"):
+        for k in ("n_candidates", "cold_item_slots", "seed"):
             if k in data and not isinstance(data[k], int):
                 raise ConfigError(f"EngineConfig.{k} must be an integer, got {data[k]!r}")
         return cls(**data)

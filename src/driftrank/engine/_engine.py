@@ -117,6 +117,8 @@ class _State:
     first_seen: np.ndarray  # float64[n_items], NaN = never
     item_vectors: np.ndarray  # float32[n_items, d]
     fit_report: dict[str, Any] = field(default_factory=dict)
+    # Catalog size at fit time: items at or beyond it came through add_items (new items).
+    n_fit_items: int = -1
 
 
 class Engine:
@@ -144,7 +146,12 @@ class Engine:
         self._interest: Any = None
         self._reranker: Any = None
         self._fuser: Any = None
+        # (FusionInput, targets) the fusion layer was trained on in the last fit; kept in memory
+        # (not saved) for ablations and diagnostics.
+        self._fusion_data: tuple[Any, np.ndarray] | None = None
         self._encoder: Any = None
+        # (catalog frame, its titles as a list): converting 1.7k titles costs ~0.1 ms a request.
+        self._titles_cache: tuple[pl.DataFrame, list[str]] | None = None
 
     # ================================================================== fitting
     def fit(self, dataset: Dataset) -> Self:
@@ -183,6 +190,7 @@ class Engine:
             popularity=np.bincount(fit_part.item_index, minlength=dataset.n_items).astype(np.float64),
             first_seen=_first_seen(fit_part),
             item_vectors=vectors,
+            n_fit_items=dataset.n_items,
         )
         t = time.perf_counter()
         if self._reranker is not None:
@@ -195,11 +203,24 @@ class Engine:
         t = time.perf_counter()
         report: dict[str, Any] = {"held_out_users": len(held)}
         if self._fuser is not None and len(held):
-            cands = self._candidates(held.users, held.timestamps, exclude=fit_part.seen)
-            inputs = self._fusion_input(cands, held.timestamps)
+            # Reserved cold slots go to the simulated new items only: the items that have no event
+            # here are those whose only event is a held-out target, so they would teach the layer
+            # that an item without events is a likely pick.
+            sim_cold = self._simulated_cold(dataset.n_items)
+            cands = self._candidates(
+                held.users,
+                held.timestamps,
+                exclude=fit_part.seen,
+                reserve_cold=sim_cold is not None,
+                cold_as=sim_cold,
+            )
+            inputs = self._fusion_input(cands, held.timestamps, cold_as=sim_cold)
             self._fuser.fit(inputs, held.items)
+            self._fusion_data = (inputs, held.items.copy())
             hit = np.array([held.items[j] in cands.items[cands.of(j)] for j in range(len(cands))])
             report["held_out_candidate_recall"] = float(hit.mean())
+            if sim_cold is not None:
+                report["fusion_simulated_cold_items"] = int(sim_cold.sum())
             fr = getattr(self._fuser, "report_", None)
             if fr is not None:
                 report["fusion"] = {k: v for k, v in vars(fr).items() if isinstance(v, (int, float, str))}
@@ -312,7 +333,10 @@ class Engine:
         seen = fit_part.seen
 
         def source(users: np.ndarray) -> Candidates:
-            return self._candidates(np.asarray(users, dtype=np.int64), None, exclude=seen, n=n)
+            # No reserved cold-item slots: the re-ranker's negatives stay what its training expects.
+            return self._candidates(
+                np.asarray(users, dtype=np.int64), None, exclude=seen, n=n, reserve_cold=False
+            )
 
         return source
 
@@ -340,36 +364,102 @@ class Engine:
         self._require().log.add(users, items, times)
         self._count(items, times)
 
-    def _seen_rows(self, users: np.ndarray) -> sp.csr_matrix:
+    def _titles(self, st: _State) -> list[str]:
+        """Item titles by item index (do not modify). Kept until the catalog frame is replaced
+        (``add_items`` builds a new one, ``load`` a new state); swapping the tuple is atomic,
+        so concurrent readers are safe."""
+        cached = self._titles_cache
+        if cached is not None and cached[0] is st.items:
+            return cached[1]
+        titles: list[str] = st.items["title"].to_list()
+        self._titles_cache = (st.items, titles)
+        return titles
+
+    def _seen_matrix(self, users: np.ndarray) -> sp.csr_matrix:
+        """``float32[max(users) + 1, n_items]`` CSR, row ``u`` = the items user ``u`` of the
+        batch interacted with (the rows of other users are empty): the ``exclude`` the channels
+        take. Built in one go from the log, for it is on every request's path."""
         st = self._require()
+        batch = np.unique(users)
+        n = int(batch[-1]) + 1 if len(batch) else 0
         rows = [
-            np.unique(st.log.user(int(u))[0]) if u < st.log.n_users else np.zeros(0, np.int64) for u in users
+            np.unique(st.log.user(u)[0]) if u < st.log.n_users else np.zeros(0, np.int64)
+            for u in batch.tolist()
         ]
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rows], out=indptr[1:])
+        counts = np.zeros(n, dtype=np.int64)
+        counts[batch] = [len(r) for r in rows]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
         cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        return sp.csr_matrix(
-            (np.ones(len(cols), np.float32), cols, indptr), shape=(len(users), len(st.item_ids))
-        )
+        return sp.csr_matrix((np.ones(len(cols), np.float32), cols, indptr), shape=(n, len(st.item_ids)))
 
     def _candidates(
-        self, users: np.ndarray, at: np.ndarray | None, *, exclude: sp.csr_matrix | None, n: int | None = None
+        self,
+        users: np.ndarray,
+        at: np.ndarray | None,
+        *,
+        exclude: sp.csr_matrix | None,
+        n: int | None = None,
+        reserve_cold: bool = True,
+        cold_as: np.ndarray | None = None,
     ) -> Candidates:
-        """Merged candidates of every channel (CF channels and the interest channel)."""
+        """Merged candidates of every channel (CF channels and the interest channel).
+
+        With ``reserve_cold``, the interest channel's first ``config.cold_item_slots`` items
+        without any event (added by ``add_items`` and not interacted with yet) are always
+        among the ``n``, replacing the tail of the merged list. ``cold_as: bool[n_items]``
+        (fusion training only) marks the items to treat as new instead: the CF channels' lists
+        leave them out and they, not the items without events, get the reserved slots.
+        """
         from driftrank.retrieval._merge import merge_rankings
 
         n = n or self.config.n_candidates
         lists: dict[str, Ranking] = {}
         if self._merger is not None:
             for ch in self._merger.channels:
-                lists[ch.name] = ch.candidates(users, n, exclude=exclude, at=at)
+                r = ch.candidates(users, n, exclude=exclude, at=at)
+                lists[ch.name] = r if cold_as is None else _drop_items(r, cold_as)
         if self._interest is not None:
             lists[self._interest.name] = self._interest.candidates(users, n, exclude=exclude, at=at)
         ordered = [lists[name] for name in self._quota_order]
         # Reciprocal-rank merge: it had the higher validation recall at 50 and 100 (docs/retrieval.md).
-        return merge_rankings(users, ordered, self._quota_order, self._quotas, n, "rrf", 60.0)
+        merged = merge_rankings(users, ordered, self._quota_order, self._quotas, n, "rrf", 60.0)
+        slots = min(self.config.cold_item_slots, n)
+        if reserve_cold and slots > 0 and self._interest is not None:
+            # An item nobody interacted with has no CF score, so in the reciprocal-rank merge it
+            # competes with the interest channel's rank alone and never makes the cut (measured:
+            # 0 of 200 merged candidates on the cold-start protocol, benchmarks/bench_coldstart.py).
+            name = self._interest.name
+            cold = self._new_items() if cold_as is None else cold_as
+            merged = _reserve_cold(merged, lists[name], self._quota_order.index(name), cold, slots, n)
+        return merged
 
-    def _fusion_input(self, cands: Candidates, at: np.ndarray | None) -> Any:
+    def _new_items(self) -> np.ndarray:
+        """``bool[n_items]``: items added by :meth:`add_items` that have no event yet.
+
+        Items that were in the catalog at fit time but have no event are *not* new: in an
+        offline evaluation they are exactly the items that first appear in the test period, so
+        reserving places for them would leak the future into the candidates.
+        """
+        st = self._require()
+        added = np.arange(len(st.popularity)) >= st.n_fit_items
+        return added & (st.popularity == 0)
+
+    def _simulated_cold(self, n_items: int) -> np.ndarray | None:
+        """``bool[n_items]``: the items fusion training treats as new (``cold_item_dropout``),
+        so that the layer sees rows like those of real new items (no CF signal, no popularity,
+        no age) with known outcomes; ``None`` when off."""
+        share = self.config.cold_item_dropout
+        if share <= 0:
+            return None
+        rng = np.random.default_rng([self.config.seed, 0xC01D])
+        return rng.random(n_items) < share
+
+    def _fusion_input(
+        self, cands: Candidates, at: np.ndarray | None, cold_as: np.ndarray | None = None
+    ) -> Any:
+        """Signals of every candidate row; ``cold_as: bool[n_items]`` (fusion training only)
+        marks items whose event-based signals are hidden, as for items nobody interacted with."""
         from driftrank.fusion import FusionInput
 
         st = self._require()
@@ -377,6 +467,8 @@ class Engine:
         at_u = self._resolve_at(users, at)
         row_user = cands.user_of_row()
         at_rows = at_u[row_user]
+        popularity = st.popularity if cold_as is None else np.where(cold_as, 0.0, st.popularity)
+        first_seen = st.first_seen if cold_as is None else np.where(cold_as, np.nan, st.first_seen)
         signals: dict[str, np.ndarray] = {}
         if self._reranker is not None:
             signals["rerank"] = self._reranker.score(users, cands, at_u).astype(np.float64)
@@ -386,7 +478,7 @@ class Engine:
             for s, name in enumerate(model.scale_names):
                 signals[f"interest_{name}".replace(":", "_")] = sims[:, s].astype(np.float64)
         with np.errstate(invalid="ignore"):
-            signals["item_age_days"] = (at_rows - st.first_seen[cands.items]) / DAY
+            signals["item_age_days"] = (at_rows - first_seen[cands.items]) / DAY
         size = int(users.max()) + 1 if len(users) else 1
         hist_len = np.full(size, np.nan)
         idle = np.full(size, np.nan)
@@ -398,7 +490,7 @@ class Engine:
         return FusionInput(
             cands,
             signals=signals,
-            item_signals={"popularity": np.log1p(st.popularity)},
+            item_signals={"popularity": np.log1p(popularity)},
             user_signals={"history_length": hist_len, "idle_days": idle},
         )
 
@@ -569,13 +661,11 @@ class Engine:
                             f"{st.user_ids.ids[u]!r} ({last:.0f}); rank at or after it"
                         )
             keep = self._keep_fn(candidates, filt)
-            exclude = self._seen_rows(users) if exclude_seen else None
+            exclude = self._seen_matrix(users) if exclude_seen else None
             at_opt = None if np.isnan(at_arr).all() else at_arr
-            ranking, contribs, bases = self._rank_indices(
-                users, k, at_opt, _expand(exclude, users), keep=keep, explain=True
-            )
+            ranking, contribs, bases = self._rank_indices(users, k, at_opt, exclude, keep=keep, explain=True)
             at_used = self._resolve_at(users, at_opt)
-            titles = st.items["title"].to_list()
+            titles = self._titles(st)
             out = []
             for j, u in enumerate(users.tolist()):
                 valid = ranking.items[j] >= 0
@@ -667,7 +757,7 @@ class Engine:
                 score = np.where(keep(np.arange(len(score))), score, -np.inf)
             order = np.argsort(-score, kind="stable")[:k]
             order = order[np.isfinite(score[order])]
-            titles = st.items["title"].to_list()
+            titles = self._titles(st)
             return RankResult(
                 user=user,
                 item_ids=st.item_ids.ids[order],
@@ -721,9 +811,12 @@ class Engine:
         """Add new items from their texts; returns how many were added.
 
         ``items``: a frame or a list of dicts with ``item_id`` and ``title`` and/or ``text``
-        (optional ``genres``). They are embedded, indexed and retrievable at once (by the
-        interest channel and text queries), scored by the re-ranker from text, and the fusion
-        layer treats their missing CF signals as missing.
+        (optional ``genres``). They are embedded, indexed and retrievable at once: by text
+        queries, and for users through the interest channel, whose nearest items without any
+        event get ``config.cold_item_slots`` reserved places among the candidates. The
+        re-ranker scores them from text; the fusion layer scores them with their CF signals
+        missing, as the interest-only candidates it was trained on (optionally also on
+        simulated new items, ``config.cold_item_dropout``).
         """
         from driftrank.data._dataset import _to_polars
         from driftrank.data._validate import normalise_items
@@ -783,7 +876,7 @@ class Engine:
             st = self._require()
             u = st.user_ids.index(user)
             items, times = st.log.user(u)
-            titles = st.items["title"].to_list()
+            titles = self._titles(st)
             return pl.DataFrame(
                 {
                     "item_id": st.item_ids.ids[items],
@@ -841,24 +934,73 @@ def _default_quotas(names: list[str]) -> tuple[tuple[str, float], ...]:
     return tuple((n, base.get(n, 1.0)) for n in names)
 
 
+def _drop_items(r: Ranking, drop: np.ndarray) -> Ranking:
+    """``r`` without the items where ``drop: bool[n_items]``, each row closing up (order kept)."""
+    valid = r.items >= 0
+    gone = np.zeros(r.items.shape, dtype=bool)
+    gone[valid] = drop[r.items[valid]]
+    if not gone.any():
+        return r
+    keep = valid & ~gone
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, in their order
+    items = np.take_along_axis(np.where(keep, r.items, -1), order, axis=1)
+    scores = np.take_along_axis(np.where(keep, r.scores, np.nan), order, axis=1)
+    return Ranking(items, scores.astype(np.float32))
+
+
+def _reserve_cold(
+    cands: Candidates, listed: Ranking, column: int, cold: np.ndarray, slots: int, n: int
+) -> Candidates:
+    """Make sure each user's first ``slots`` cold items of ``listed`` are among their candidates.
+
+    ``listed``: one channel's ranking (rows aligned with ``cands.users``) whose scores and ranks
+    fill column ``column`` of the added rows (the other sources are NaN: they did not retrieve
+    them). ``cold: bool[n_items]``. Added items go last; when a user would exceed ``n``
+    candidates, the merged list loses its tail to them.
+    """
+    items = listed.items
+    valid = items >= 0
+    is_cold = np.zeros(items.shape, dtype=bool)
+    is_cold[valid] = cold[items[valid]]
+    if not is_cold.any():
+        return cands
+    n_src = len(cands.sources)
+    keep_rows: list[np.ndarray] = []
+    add_items: list[np.ndarray] = []
+    add_pos: list[np.ndarray] = []
+    counts = np.zeros(len(cands), dtype=np.int64)
+    for j in range(len(cands)):
+        sl = cands.of(j)
+        pos = np.flatnonzero(is_cold[j])[:slots]
+        pos = pos[~np.isin(items[j, pos], cands.items[sl])]
+        keep = min(sl.stop - sl.start, n - len(pos))
+        keep_rows.append(np.arange(sl.start, sl.start + keep))
+        add_items.append(items[j, pos])
+        add_pos.append(pos)
+        counts[j] = keep + len(pos)
+    total = int(counts.sum())
+    out_items = np.empty(total, dtype=np.int64)
+    out_scores = np.full((total, n_src), np.nan, dtype=np.float32)
+    out_ranks = np.full((total, n_src), np.nan, dtype=np.float32)
+    offsets = np.zeros(len(cands) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    for j in range(len(cands)):
+        lo, kept, pos = int(offsets[j]), keep_rows[j], add_pos[j]
+        mid = lo + len(kept)
+        out_items[lo:mid] = cands.items[kept]
+        out_scores[lo:mid] = cands.scores[kept]
+        out_ranks[lo:mid] = cands.ranks[kept]
+        out_items[mid : offsets[j + 1]] = add_items[j]
+        out_scores[mid : offsets[j + 1], column] = listed.scores[j, pos]
+        out_ranks[mid : offsets[j + 1], column] = pos.astype(np.float32)
+    return Candidates(cands.users, offsets, out_items, out_scores, out_ranks, cands.sources)
+
+
 def _first_seen(ds: Dataset) -> np.ndarray:
     out = np.full(ds.n_items, np.inf)
     np.minimum.at(out, ds.item_index, ds.timestamps)
     out[np.isinf(out)] = np.nan
     return out
-
-
-def _expand(rows: sp.csr_matrix | None, users: np.ndarray) -> sp.csr_matrix | None:
-    """Batch rows (one per user of the batch) → a CSR indexed by user index, as channels expect."""
-    if rows is None:
-        return None
-    n = int(users.max()) + 1 if len(users) else 0
-    coo = rows.tocoo()
-    data = np.ones(len(coo.col), dtype=np.float32)
-    full = sp.csr_matrix((data, (users[coo.row], coo.col)), shape=(n, rows.shape[1]))
-    full.sum_duplicates()
-    full.data[:] = 1.0
-    return full
 
 
 def _check_k(k: object) -> int:

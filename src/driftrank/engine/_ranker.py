@@ -38,6 +38,32 @@ class EngineRanker:
         self.engine = Engine(self.config).fit(dataset)
         return self
 
+    def derive(self, config: EngineConfig) -> EngineRanker | None:
+        """A fitted ranker for ``config`` that reuses this fitted engine, or ``None``.
+
+        Possible when ``config`` equals this one except ``fusion="reranker"`` (the re-ranker's
+        score alone, pipeline ``rerank``): fitting is deterministic for a seed and the fusion
+        step runs after every component is fitted and changes none of them, so the components
+        are exactly those a fresh fit of ``config`` would produce. The engine is shallow-copied
+        with the fuser removed; it shares the components, so neither may ``observe`` afterwards.
+        """
+        import copy
+        import dataclasses
+
+        if self.engine is None or config.fusion != "reranker" or self.config.fusion == "reranker":
+            return None
+        if dataclasses.replace(config, fusion=self.config.fusion) != self.config:
+            return None
+        if self.engine._reranker is None:
+            return None
+        view = copy.copy(self.engine)
+        view.config = config
+        view._fuser = None
+        view._fusion_data = None
+        out = EngineRanker(config)
+        out.engine = view
+        return out
+
     def rank(
         self, users: np.ndarray, k: int, *, exclude: sp.csr_matrix | None = None, at: np.ndarray | None = None
     ) -> Ranking:
@@ -53,6 +79,31 @@ class EngineRanker:
         e = self._e()
         with e._lock.read():
             return e._candidates(np.asarray(users, dtype=np.int64), at, exclude=exclude, n=n)
+
+    def signals(
+        self,
+        users: np.ndarray,
+        n: int | None = None,
+        *,
+        exclude: sp.csr_matrix | None = None,
+        at: np.ndarray | None = None,
+    ) -> Any:
+        """The :class:`~driftrank.fusion.FusionInput` the engine scores for ``users``: merged
+        candidates (``n``, default the configured number) with every signal the fuser reads."""
+        e = self._e()
+        with e._lock.read():
+            users = np.asarray(users, dtype=np.int64)
+            return e._fusion_input(e._candidates(users, at, exclude=exclude, n=n), at)
+
+    def fusion_training_data(self) -> tuple[Any, np.ndarray]:
+        """``(FusionInput, targets int64[n_users])`` the fusion layer was trained on in ``fit``
+        (each user's held-out last event); not available for a loaded engine."""
+        from driftrank.errors import NotFittedError
+
+        data = self._e()._fusion_data
+        if data is None:
+            raise NotFittedError("no fusion training data: the engine was loaded, or has no trained fuser")
+        return data
 
     def channel_recall(
         self,

@@ -13,7 +13,7 @@ from driftrank.errors import ModelFileError
 if TYPE_CHECKING:
     from driftrank.engine._engine import Engine
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _ids_array(ids: IdMap) -> np.ndarray:
@@ -35,6 +35,7 @@ def engine_components(engine: Engine) -> dict[str, tuple[dict[str, Any], dict[st
         "fit_report": st.fit_report,
         "quota_order": list(engine._quota_order),
         "quotas": engine._quotas.tolist(),
+        "n_fit_items": st.n_fit_items,
     }
     core = {
         "user_ids": _ids_array(st.user_ids),
@@ -113,6 +114,7 @@ def restore_engine(cls: type[Engine], manifest: dict[str, Any], components: dict
         first_seen=core["first_seen"].astype(np.float64),
         item_vectors=core["item_vectors"].astype(np.float32),
         fit_report=dict(core_cfg.get("fit_report", {})),
+        n_fit_items=int(core_cfg["n_fit_items"]),
     )
     engine._quota_order = tuple(core_cfg["quota_order"])
     engine._quotas = np.asarray(core_cfg["quotas"], dtype=np.float64)

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from driftrank.types import Ranking, topk
+from driftrank.types import Ranking, csr_take_rows, topk
 
 __all__ = ["ItemIndex", "ItemIndexConfig"]
 
@@ -328,6 +328,13 @@ def _exclusion(exclude: sp.spmatrix | None, n: int, n_items: int) -> sp.csr_matr
         raise DataError(f"exclude must be a scipy sparse matrix, got {type(exclude).__name__}")
     if exclude.shape[0] != n:
         raise DataError(f"exclude must have one row per query ({n}), got {exclude.shape[0]}")
+    if (
+        exclude.format == "csr"
+        and exclude.shape[1] <= n_items
+        and exclude.has_canonical_format
+        and bool(np.all(exclude.data[: exclude.nnz] != 0))
+    ):
+        return exclude  # already what the steps below make (the common case: skip the copy)
     ex = sp.csr_matrix(exclude, copy=True)  # canonicalised below: never touch the caller's matrix
     ex.eliminate_zeros()
     if ex.shape[1] > n_items:  # columns past the catalog can never be returned anyway
@@ -344,7 +351,8 @@ def _filter(
     ix = ix.astype(np.int64)
     bad = ix < 0
     if excl is not None and excl.nnz:
-        sub = excl[rows]
+        # ``rows`` are sorted distinct row numbers: all of them means ``excl`` itself
+        sub = excl if len(rows) == excl.shape[0] else csr_take_rows(excl, rows)
         keys = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(sub.indptr)) * n_items + sub.indices
         keys.sort()
         cand = np.arange(len(rows), dtype=np.int64)[:, None] * n_items + np.where(bad, 0, ix)

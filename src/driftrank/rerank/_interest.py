@@ -22,6 +22,7 @@ tensors (gradients flow to ``τ``), so a learnable τ in the re-ranker uses exac
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Self, TypeVar
@@ -31,6 +32,7 @@ import scipy.sparse as sp
 
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
+from driftrank.types import csr_from_coo
 
 __all__ = [
     "SECONDS_PER_DAY",
@@ -170,6 +172,13 @@ class InterestModel:
         self._times = np.zeros(0, dtype=np.float64)
         # observe() appends here; the CSR arrays above are rebuilt on the next read.
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # Reads may run in many threads at once (the engine serves under a read lock): the
+        # first read after observe() rebuilds the arrays, once.
+        self._flush_lock = threading.Lock()
+        # The last interest computation, keyed on the state version and the request: serving
+        # one user asks for the same interest twice (retrieval, then the fusion signals).
+        self._version = 0
+        self._memo: tuple[int, bytes, bytes, np.ndarray, np.ndarray] | None = None
         tau_t = np.asarray(self.config.time_scales, dtype=np.float64) * SECONDS_PER_DAY
         self._tau_time = tau_t
         self._tau_pos = np.asarray(self.config.position_scales, dtype=np.float64)
@@ -232,6 +241,7 @@ class InterestModel:
         self._items = np.asarray(seq.items, dtype=np.int64).copy()
         self._times = np.asarray(seq.timestamps, dtype=np.float64).copy()
         self._pending = []
+        self._version += 1
         return self
 
     def observe(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> Self:
@@ -251,6 +261,7 @@ class InterestModel:
             raise DataError("timestamps must be finite unix seconds")
         if len(u):
             self._pending.append((u.copy(), i.copy(), t.copy()))
+            self._version += 1
         return self
 
     def extend_items(self, new_vectors: np.ndarray) -> Self:
@@ -260,11 +271,17 @@ class InterestModel:
         if new.shape[1] != vecs.shape[1]:
             raise DataError(f"new_vectors must be {vecs.shape[1]}-d, got {new.shape[1]}-d")
         self._item_vectors = np.concatenate([vecs, new])
+        self._version += 1
         return self
 
     def _flush(self) -> None:
         if not self._pending:
             return
+        with self._flush_lock:
+            if self._pending:  # another thread may have flushed while this one waited
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
         old_users = np.repeat(np.arange(len(self._indptr) - 1, dtype=np.int64), np.diff(self._indptr))
         users = np.concatenate([old_users, *(p[0] for p in self._pending)])
         items = np.concatenate([self._items, *(p[1] for p in self._pending)])
@@ -311,13 +328,13 @@ class InterestModel:
         mean "at the user's latest event". Only events with ``t_k <= at`` count. Users without
         such events (including indices never seen) get zero vectors.
         """
-        return self._compute(users, at)[0]
+        return self._compute(users, at)[0].copy()
 
     def mass(self, users: np.ndarray, at: np.ndarray | float | None = None) -> np.ndarray:
         """``float64[n, n_scales]``: ``Σ_k w_k`` with ages measured to ``at`` (position scales:
         from the newest event). How much recent evidence stands behind each interest vector:
         near ``1 / (1 - 2^(-gap/τ))`` for a steady stream, near 0 after a long silence."""
-        return self._compute(users, at)[1]
+        return self._compute(users, at)[1].copy()
 
     def similarity(
         self, users: np.ndarray, items: np.ndarray, at: np.ndarray | float | None = None
@@ -332,7 +349,11 @@ class InterestModel:
         vecs = self._vecs()
         if len(i) and i.max() >= len(vecs):
             raise DataError(f"item index {int(i.max())} out of range (n_items={len(vecs)})")
-        q = normalise_rows(self.vectors(u, at))
+        # Candidates come many per user: compute each distinct (user, time) interest once. Each
+        # user's vector only depends on their own events, so this is exactly the per-row result.
+        t = _as_times(at, len(u))
+        first, inverse = _distinct_pairs(u, t)
+        q = normalise_rows(self._compute(u[first], t[first])[0])[inverse]
         return np.einsum("msd,md->ms", q, vecs[i]).astype(np.float32)
 
     def trajectory(self, user: int, times: np.ndarray) -> np.ndarray:
@@ -371,11 +392,22 @@ class InterestModel:
         return v[0]
 
     def _compute(self, users: np.ndarray, at: np.ndarray | float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and masses (shared with the memo: callers must not modify them)."""
         vecs = self._vecs()
         self._flush()
+        version = self._version
         u = _as_index_array(users, "users")
         at_arr = _as_times(at, len(u))
         lens = _lengths(self._indptr, u)
+        # "At the latest event" (NaN) and at that event's time keep the same events and give
+        # the same vectors and masses (the gap to ``at`` is 0), so they share a memo key.
+        latest = np.isnan(at_arr) & (lens > 0)
+        key_at = at_arr.copy()
+        key_at[latest] = self._times[self._indptr[u[latest] + 1] - 1]
+        key_users, key_times = u.tobytes(), key_at.tobytes()
+        memo = self._memo
+        if memo is not None and memo[0] == version and memo[1] == key_users and memo[2] == key_times:
+            return memo[3], memo[4]
         out_v = np.zeros((len(u), self.n_scales, vecs.shape[1]), dtype=np.float32)
         out_m = np.zeros((len(u), self.n_scales), dtype=np.float64)
         start = 0
@@ -396,6 +428,7 @@ class InterestModel:
             out_v[start:stop] = v
             out_m[start:stop] = m
             start = stop
+        self._memo = (version, key_users, key_times, out_v, out_m)
         return out_v, out_m
 
     # .................................................................. persistence
@@ -504,7 +537,7 @@ def _interest(
     wn = (w / np.where(sums > 0, sums, 1.0)[row]).astype(np.float32)
     a_rows = (row[:, None] * s_total + np.arange(s_total)[None, :]).ravel()
     a_cols = np.repeat(it, s_total)
-    a = sp.csr_matrix((wn.ravel(), (a_rows, a_cols)), shape=(n * s_total, item_vectors.shape[0]))
+    a = csr_from_coo(wn.ravel(), a_rows, a_cols, (n * s_total, item_vectors.shape[0]))
     out = np.asarray(a @ item_vectors, dtype=np.float32).reshape(n, s_total, dim)
     return out, mass
 
@@ -517,6 +550,18 @@ def _lengths(indptr: np.ndarray, users: np.ndarray) -> np.ndarray:
     known = users < len(counts)
     out[known] = counts[users[known]]
     return out
+
+
+def _distinct_pairs(users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: one row index per distinct ``(users[j], times[j])`` pair and, per
+    row, the position of its pair in ``first`` (times compared bit for bit, so NaN = NaN)."""
+    bits = times.view(np.int64)
+    order = np.lexsort((bits, users))
+    new = np.ones(len(users), dtype=bool)
+    new[1:] = (users[order][1:] != users[order][:-1]) | (bits[order][1:] != bits[order][:-1])
+    inverse = np.empty(len(users), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedEr
 from driftrank.rerank._encoder import SentenceEncoder, TextEncoder
 from driftrank.rerank._index import ItemIndex, ItemIndexConfig
 from driftrank.rerank._interest import InterestConfig, InterestModel, normalise_rows
-from driftrank.types import Ranking
+from driftrank.types import Ranking, csr_take_rows
 
 __all__ = ["InterestChannel", "InterestChannelConfig"]
 
@@ -230,8 +230,11 @@ class InterestChannel:
         if self.config.combine == "sum":
             combined = normalise_rows(np.einsum("s,msd->md", w, q))
             warm = np.flatnonzero(np.linalg.norm(combined, axis=1) > 0)
-            if len(warm):
-                r = index.search(combined[warm], n, ex[warm] if ex is not None else None)
+            if len(warm) == len(u):  # the common case: skip copying every row
+                r = index.search(combined, n, ex)
+                items, scores = r.items, r.scores
+            elif len(warm):
+                r = index.search(combined[warm], n, csr_take_rows(ex, warm) if ex is not None else None)
                 items[warm], scores[warm] = r.items, r.scores
             return Ranking(items, scores)
         per_scale_items, per_scale_scores = [], []
@@ -240,7 +243,7 @@ class InterestChannel:
             r_scores = np.full((len(u), n), np.nan, dtype=np.float32)
             warm = np.flatnonzero(np.linalg.norm(q[:, s], axis=1) > 0)
             if len(warm):
-                r = index.search(q[warm, s], n, ex[warm] if ex is not None else None)
+                r = index.search(q[warm, s], n, csr_take_rows(ex, warm) if ex is not None else None)
                 r_items[warm], r_scores[warm] = r.items, r.scores * w[s]
             per_scale_items.append(r_items)
             per_scale_scores.append(r_scores)
@@ -296,17 +299,7 @@ def _exclude_rows(exclude: sp.spmatrix | None, users: np.ndarray) -> sp.csr_matr
         return None
     if not sp.issparse(exclude):
         raise DataError(f"exclude must be a scipy sparse matrix, got {type(exclude).__name__}")
-    ex = sp.csr_matrix(exclude)
-    inside = users < ex.shape[0]
-    if inside.all():
-        return ex[users]
-    rows = np.where(inside, users, 0)
-    picked = ex[rows]
-    # Zero out the rows of users the matrix does not know (they borrowed row 0 above).
-    keep = sp.diags(inside.astype(np.float32))
-    out = sp.csr_matrix(keep @ picked)
-    out.eliminate_zeros()
-    return out
+    return csr_take_rows(sp.csr_matrix(exclude), users)
 
 
 def _merge_max(items: np.ndarray, scores: np.ndarray, n: int) -> Ranking:

@@ -75,6 +75,10 @@ class SequenceRerankerConfig:
             target, ``n_hard`` negatives from the retrieval candidates (random ones when none
             were given) and ``n_random`` uniform negatives; listwise_weight weighs that loss
             against the full-softmax next-item loss on the dot-product part.
+        softmax_items: catalogs up to this size get the full softmax at every position; a larger
+            catalog gets, per batch, a softmax over the batch's targets plus this many items drawn
+            uniformly without replacement, shared by every position of the batch (uniform draws
+            need no log-probability correction). ``None``: always the full catalog.
         mask_history: leave the items a user already had out of the softmax at each position:
             serving excludes them anyway, so the model need not learn to push them down.
         pretrain, pretrain_epochs, mask_prob: optional masked-item pre-training (bidirectional,
@@ -96,11 +100,11 @@ class SequenceRerankerConfig:
     candidate_attention: bool = True
     attention_heads: int = 1
     id_dropout: float = 0.1
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
-    batch_size: int = 128
-    max_epochs: int = 60
-    patience: int = 10
+    batch_size: int = 32
+    max_epochs: int = 40
+    patience: int = 3
     eval_every: int = 1
     early_stopping: bool = True
     stride: int | None = 50
@@ -108,6 +112,7 @@ class SequenceRerankerConfig:
     n_hard: int = 16
     n_random: int = 48
     listwise_weight: float = 1.0
+    softmax_items: int | None = 4096
     mask_history: bool = True
     pretrain: Literal["none", "masked"] = "none"
     pretrain_epochs: int = 10
@@ -158,6 +163,12 @@ class SequenceRerankerConfig:
             raise ConfigError(f"listwise_weight must be >= 0, got {self.listwise_weight!r}")
         if any(not (h > 0 and math.isfinite(h)) for h in self.half_lives_days):
             raise ConfigError(f"half_lives_days must all be positive, got {self.half_lives_days}")
+        if self.softmax_items is not None and (
+            isinstance(self.softmax_items, bool)
+            or not isinstance(self.softmax_items, int)
+            or self.softmax_items <= 0
+        ):
+            raise ConfigError(f"softmax_items must be a positive integer or None, got {self.softmax_items!r}")
         if self.stride is not None and (isinstance(self.stride, bool) or self.stride <= 0):
             raise ConfigError(f"stride must be a positive integer or None, got {self.stride!r}")
         if self.n_hard + self.n_random == 0:
@@ -211,6 +222,8 @@ class SequenceReranker:
         self.net_: RerankerNet | None = None
         self.histories_: Histories | None = None
         self.fit_report_: FitReport | None = None
+        # (net, its tensors, their versions, item tables) of the last serving call.
+        self._tables_cache: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -251,9 +264,7 @@ class SequenceReranker:
         per user, or a callable from user indices to either. The stored histories for serving
         are all of ``dataset`` (held-out events included).
         """
-        import torch
 
-        from driftrank.rerank._seqnets import RerankerNet
         from driftrank.rerank._train import FitReport, ndcg_at_10, seeded, train_loop
 
         cfg = self.config
@@ -287,20 +298,7 @@ class SequenceReranker:
         rng = np.random.default_rng(cfg.seed)
 
         with seeded(cfg.seed):
-            net = RerankerNet(
-                torch.from_numpy(text),
-                torch.from_numpy(has_id),
-                dim=cfg.dim,
-                n_layers=cfg.n_layers,
-                heads=cfg.n_heads,
-                attention_heads=cfg.attention_heads,
-                max_len=cfg.max_len,
-                dropout=cfg.dropout,
-                half_lives_days=cfg.half_lives_days,
-                learn_half_lives=cfg.learn_half_lives,
-                n_buckets=cfg.gap_buckets,
-                candidate_attention=cfg.candidate_attention,
-            )
+            net = _build_net(cfg, text, has_id)
 
             def batches(epoch: int) -> Any:
                 order = rng.permutation(len(w_items))
@@ -392,6 +390,14 @@ class SequenceReranker:
             drop[..., 1:] |= in_hist[..., 1:]
         rows, hitems = history_pairs(inp, tgt) if cfg.mask_history else (np.zeros(0, np.int64),) * 2
         keep = (rng.random(n_items) >= cfg.id_dropout).astype(np.float32) if cfg.id_dropout else None
+        sample = None
+        if cfg.softmax_items is not None and n_items > cfg.softmax_items:
+            drawn = rng.choice(n_items, size=cfg.softmax_items, replace=False)
+            sample = np.union1d(drawn, tgt[valid])  # sorted: targets map by searchsorted
+            pos_of = np.full(n_items, -1, dtype=np.int64)
+            pos_of[sample] = np.arange(len(sample))
+            hitems = pos_of[hitems]
+            rows, hitems = rows[hitems >= 0], hitems[hitems >= 0]
         return {
             "inp": torch.from_numpy(inp),
             "tgt": torch.from_numpy(tgt),
@@ -404,6 +410,7 @@ class SequenceReranker:
             "hist_rows": torch.from_numpy(rows),
             "hist_items": torch.from_numpy(hitems),
             "keep": None if keep is None else torch.from_numpy(keep),
+            "sample": None if sample is None else torch.from_numpy(sample),
         }
 
     # ------------------------------------------------------------------ serving
@@ -526,12 +533,9 @@ class SequenceReranker:
         Arrays are ``net.<name>`` (the torch state dict) and ``history.indptr|items|timestamps``.
         :meth:`from_state` rebuilds a model that gives identical scores.
         """
-        net = self._net()
-        h = self._histories()
-        arrays = {f"net.{k}": v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-        arrays["history.indptr"] = h.indptr.copy()
-        arrays["history.items"] = h.items.copy()
-        arrays["history.timestamps"] = h.timestamps.copy()
+        from driftrank.rerank._train import net_arrays
+
+        arrays = net_arrays(self._net()) | self._histories().to_arrays()
         config = {
             "format": FORMAT,
             "config": self.config.to_dict(),
@@ -542,38 +546,16 @@ class SequenceReranker:
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> SequenceReranker:
         """Rebuild a fitted model from :meth:`get_state` output (:class:`ModelFileError` if invalid)."""
-        import torch
 
-        from driftrank.rerank._seqnets import RerankerNet
-        from driftrank.rerank._train import FitReport
+        from driftrank.rerank._train import FitReport, load_net_arrays
 
         if config.get("format") != FORMAT:
             raise ModelFileError(f"not a {FORMAT} state (format {config.get('format')!r})")
         cfg = SequenceRerankerConfig.from_dict(config["config"])
         try:
-            text = torch.from_numpy(np.asarray(arrays["net.text"], dtype=np.float32))
-            has_id = torch.from_numpy(np.asarray(arrays["net.has_id"], dtype=np.float32))
-            net = RerankerNet(
-                text,
-                has_id,
-                dim=cfg.dim,
-                n_layers=cfg.n_layers,
-                heads=cfg.n_heads,
-                attention_heads=cfg.attention_heads,
-                max_len=cfg.max_len,
-                dropout=cfg.dropout,
-                half_lives_days=cfg.half_lives_days,
-                learn_half_lives=cfg.learn_half_lives,
-                n_buckets=cfg.gap_buckets,
-                candidate_attention=cfg.candidate_attention,
-            )
-            state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net.")}
-            net.load_state_dict(state, strict=True)
-            histories = Histories(
-                np.asarray(arrays["history.indptr"], dtype=np.int64),
-                np.asarray(arrays["history.items"], dtype=np.int64),
-                np.asarray(arrays["history.timestamps"], dtype=np.float64),
-            )
+            net = _build_net(cfg, arrays["net.text"], arrays["net.has_id"])
+            load_net_arrays(net, arrays)
+            histories = Histories.from_arrays(arrays)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise ModelFileError(f"SequenceReranker state is incomplete or inconsistent: {exc}") from None
         net.eval()
@@ -594,6 +576,39 @@ class SequenceReranker:
         if self.histories_ is None:
             raise NotFittedError("SequenceReranker is not fitted: call fit() first")
         return self.histories_
+
+    def _item_tables(self, net: RerankerNet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``net.item_tables()``, reused while the served net's weights are unchanged.
+
+        Projecting the whole catalog costs more than scoring one user's candidates, so serving
+        keeps the last result. It is keyed on the net's parameter and buffer objects and their
+        in-place version counters: an optimizer step, ``load_state_dict``, ``extend_items``
+        (new tensors) or a new net all miss the cache. Only the fitted net (``net_``) is cached,
+        never one being trained. The tuple is swapped atomically, so concurrent readers are
+        safe. Call under ``torch.inference_mode()``.
+        """
+        if net is not self.net_:
+            return net.item_tables()
+        # One walk over the modules (parameters() plus buffers() would walk twice).
+        tensors = tuple(
+            t for m in net.modules() for d in (m._parameters, m._buffers) for t in d.values() if t is not None
+        )
+        try:
+            versions = tuple(t._version for t in tensors)
+        except RuntimeError:  # inference tensors carry no version counter: never cache them
+            return net.item_tables()
+        hit = self._tables_cache
+        if (
+            hit is not None
+            and hit[0] is net
+            and len(hit[1]) == len(tensors)
+            and all(a is b for a, b in zip(hit[1], tensors, strict=True))
+            and hit[2] == versions
+        ):
+            return hit[3]  # type: ignore[no-any-return]
+        tables = net.item_tables()
+        self._tables_cache = (net, tensors, versions, tables)
+        return tables
 
     def _check_events(
         self, items: np.ndarray, timestamps: np.ndarray, where: str, users: np.ndarray | None = None
@@ -663,14 +678,14 @@ class SequenceReranker:
         per_row = max(1, net.n_items * net.max_len * net.attention_heads)
         chunk = max(1, _CHUNK_ELEMENTS // per_row)
         with torch.inference_mode():
-            tables = net.item_tables()
+            tables = self._item_tables(net)
             for s in range(0, n, chunk):
                 rows = slice(s, min(n, s + chunk))
                 u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows)
                 out[rows] = net.scores(u, gap, visible, eh, tables)[:, 0].numpy()
         cold = windows.lengths == 0
         if cold.any():
-            out[cold] = _popularity(histories, net.n_items)
+            out[cold] = histories.popularity(net.n_items)
         return out
 
     def _pair_scores(self, windows: Windows, at: np.ndarray | None, lists: list[np.ndarray]) -> np.ndarray:
@@ -685,7 +700,7 @@ class SequenceReranker:
         per_cand = net.max_len * net.attention_heads
         s = 0
         with torch.inference_mode():
-            tables = net.item_tables()
+            tables = self._item_tables(net)
             while s < n:
                 # Grow the chunk while the padded [rows, max count, L, heads] tensor stays small.
                 e, widest = s + 1, max(1, int(counts[s]))
@@ -704,7 +719,7 @@ class SequenceReranker:
                 s = e
         cold = np.flatnonzero(windows.lengths == 0)
         if len(cold):
-            pop = _popularity(self._histories(), net.n_items)
+            pop = self._histories().popularity(net.n_items)
             for c in cold:
                 out[offsets[c] : offsets[c + 1]] = pop[lists[c]]
         return out
@@ -724,11 +739,17 @@ def _next_item_loss(net: RerankerNet, batch: dict[str, Any], listwise_weight: fl
     qpos = torch.arange(n).expand(b, n)
     gap, visible = net.context(batch["times"], valid, qpos, batch["qtime"])
     u = net.query(states, eh, gap, visible, qpos)
-    logits = u[valid] @ table.T + bias
+    sample = batch.get("sample")
+    target = tgt[valid]
+    if sample is None:
+        logits = u[valid] @ table.T + bias
+    else:  # sampled softmax: columns are the batch's item sample (sorted, holds every target)
+        logits = u[valid] @ table[sample].T + bias[sample]
+        target = torch.searchsorted(sample, target)
     if len(batch["hist_items"]):
         # In place: the matmul's backward does not need its output, and a copy of [M, N] is not free.
         logits.index_put_((batch["hist_rows"], batch["hist_items"]), torch.tensor(float("-inf")))
-    loss = nnf.cross_entropy(logits, tgt[valid])
+    loss = nnf.cross_entropy(logits, target)
     if listwise_weight > 0:
         pos, cand = batch["pos"], batch["cand"]
         d = u.shape[-1]
@@ -758,9 +779,26 @@ def _masked_loss(net: RerankerNet, batch: dict[str, Any], mask_prob: float) -> t
 
 
 # ---------------------------------------------------------------------- helpers
-def _popularity(histories: Histories, n_items: int) -> np.ndarray:
-    """Cold-start scores: ``log1p`` of each item's count in the stored histories."""
-    return np.log1p(np.bincount(histories.items, minlength=n_items)[:n_items]).astype(np.float32)
+def _build_net(cfg: SequenceRerankerConfig, text: np.ndarray, has_id: np.ndarray) -> RerankerNet:
+    """A freshly initialised :class:`RerankerNet` for ``cfg`` (torch's global generator seeds it)."""
+    import torch
+
+    from driftrank.rerank._seqnets import RerankerNet
+
+    return RerankerNet(
+        torch.from_numpy(np.asarray(text, dtype=np.float32)),
+        torch.from_numpy(np.asarray(has_id, dtype=np.float32)),
+        dim=cfg.dim,
+        n_layers=cfg.n_layers,
+        heads=cfg.n_heads,
+        attention_heads=cfg.attention_heads,
+        max_len=cfg.max_len,
+        dropout=cfg.dropout,
+        half_lives_days=cfg.half_lives_days,
+        learn_half_lives=cfg.learn_half_lives,
+        n_buckets=cfg.gap_buckets,
+        candidate_attention=cfg.candidate_attention,
+    )
 
 
 def _check_text(text: np.ndarray, n_items: int | None) -> np.ndarray:

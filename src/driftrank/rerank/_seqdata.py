@@ -136,6 +136,27 @@ class Histories:
             lengths[r] = m
         return Windows(out_items, out_times, lengths)
 
+    def to_arrays(self, prefix: str = "history.") -> dict[str, np.ndarray]:
+        """Copies of the three arrays, named ``<prefix>indptr|items|timestamps`` (for model files)."""
+        return {
+            f"{prefix}indptr": self.indptr.copy(),
+            f"{prefix}items": self.items.copy(),
+            f"{prefix}timestamps": self.timestamps.copy(),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "history.") -> Histories:
+        """Inverse of :meth:`to_arrays` (``KeyError`` when an array is missing)."""
+        return cls(
+            np.asarray(arrays[f"{prefix}indptr"], dtype=np.int64),
+            np.asarray(arrays[f"{prefix}items"], dtype=np.int64),
+            np.asarray(arrays[f"{prefix}timestamps"], dtype=np.float64),
+        )
+
+    def popularity(self, n_items: int) -> np.ndarray:
+        """``float32[n_items]`` cold-start scores: ``log1p`` of each item's count in the store."""
+        return np.log1p(np.bincount(self.items, minlength=n_items)[:n_items]).astype(np.float32)
+
     def seen(self, n_items: int) -> sp.csr_matrix:
         """Binary CSR ``[n_users, n_items]`` of the stored (user, item) pairs."""
         data = np.ones(len(self.items), dtype=np.float32)

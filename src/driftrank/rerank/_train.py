@@ -25,7 +25,7 @@ from driftrank.eval import Targets, metrics_at, target_ranks
 
 log = logging.getLogger("driftrank.rerank")
 
-__all__ = ["FitReport", "ndcg_at_10", "seeded", "train_loop"]
+__all__ = ["FitReport", "load_net_arrays", "ndcg_at_10", "net_arrays", "seeded", "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,18 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def net_arrays(net: torch.nn.Module, prefix: str = "net.") -> dict[str, np.ndarray]:
+    """The module's state dict as numpy copies named ``<prefix><parameter name>``."""
+    return {f"{prefix}{k}": v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+
+
+def load_net_arrays(net: torch.nn.Module, arrays: dict[str, np.ndarray], prefix: str = "net.") -> None:
+    """Load :func:`net_arrays` output into ``net`` (strict: ``RuntimeError`` on missing or extra keys)."""
+    n = len(prefix)
+    state = {k[n:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith(prefix)}
+    net.load_state_dict(state, strict=True)
 
 
 def ndcg_at_10(ranked: np.ndarray, targets: Targets) -> float:

@@ -21,7 +21,7 @@ from driftrank.retrieval._common import (
     config_from_dict,
     config_to_dict,
     empty_ranking,
-    exclude_rows,
+    exclude_coordinates,
     need,
     not_fitted,
 )
@@ -125,10 +125,8 @@ class Channel(ABC):
         if isinstance(exclude, str):
             if exclude != "seen":
                 raise DataError(f"exclude must be a CSR matrix, 'seen' or None, got {exclude!r}")
-            rows = self._seen_rows(log, users)
-        else:
-            rows = exclude_rows(exclude, users, self._n_items)
-        return topk(scores, n, rows)
+            return topk(scores, n, self._seen_rows(log, users))
+        return topk(scores, n, exclude_coordinates(exclude, users, self._n_items))
 
     def rank(
         self,

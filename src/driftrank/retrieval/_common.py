@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from driftrank.types import Ranking
+from driftrank.types import Ranking, csr_coordinates
 
 SECONDS_PER_DAY = 86400.0
 STATE_VERSION = 1
@@ -239,33 +239,28 @@ class EventLog:
 
 
 # ---------------------------------------------------------------------- serving helpers
-def exclude_rows(exclude: sp.csr_matrix | None, users: np.ndarray, n_items: int) -> sp.csr_matrix | None:
-    """The rows of ``exclude`` for ``users`` as CSR ``[n, n_items]`` (users beyond it get none)."""
+def exclude_coordinates(
+    exclude: sp.csr_matrix | None, users: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The entries of the rows of ``exclude`` for ``users``, as ``(rows, cols)`` coordinates
+    (row ``j`` = ``users[j]``), for :func:`~driftrank.types.topk` over ``n_items`` columns.
+
+    Users beyond its rows (new users) exclude nothing; columns past ``n_items`` (items the
+    caller knows of but this channel was not told about yet) are dropped, they are never
+    returned anyway; a matrix narrower than the catalog excludes nothing among the new items.
+    No matrix is built: that would cost more than a one-user request's top-k.
+    """
     if exclude is None:
         return None
     if not sp.issparse(exclude):
         raise DataError(
             f"exclude must be a scipy sparse matrix [n_users, n_items], got {type(exclude).__name__}"
         )
-    ex = exclude.tocsr()
-    n_rows, n_cols = ex.shape
-    inside = users < n_rows
-    rows = ex[np.where(inside, users, 0)]
-    if not inside.all():
-        # Users the matrix does not know (new users) have nothing to exclude.
-        lengths = np.diff(rows.indptr)
-        keep = np.repeat(inside, lengths)
-        lengths[~inside] = 0
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        rows = sp.csr_matrix((rows.data[keep], rows.indices[keep], indptr), shape=rows.shape)
-    if n_cols > n_items:
-        # The caller knows of items this channel was not told about yet: they are never returned anyway.
-        rows = rows[:, :n_items]
-    elif n_cols < n_items:
-        # The catalog grew after the caller built the matrix: nothing to exclude among the new items.
-        rows = sp.csr_matrix((rows.data, rows.indices, rows.indptr), shape=(len(users), n_items))
-    return rows
+    rows, cols = csr_coordinates(exclude.tocsr(), users)
+    if exclude.shape[1] > n_items:
+        keep = cols < n_items
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
 
 
 def empty_ranking(n_users: int, n: int) -> Ranking:

@@ -21,6 +21,7 @@ from driftrank.retrieval._common import (
     check_positive,
     need,
 )
+from driftrank.types import csr_from_coo
 
 __all__ = ["CovisitChannel", "CovisitConfig"]
 
@@ -189,9 +190,7 @@ class CovisitChannel(Channel):
         n = self._n_items
         if not rows:
             return sp.csr_matrix((len(users), n))
-        return sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(users), n)
-        )
+        return csr_from_coo(np.concatenate(vals), np.concatenate(rows), np.concatenate(cols), (len(users), n))
 
     def _scores(self, users: np.ndarray) -> np.ndarray:
         m = self._matrix()

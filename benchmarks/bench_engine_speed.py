@@ -1,0 +1,281 @@
+"""Serving speed of the hybrid :class:`~driftrank.engine.Engine`, against implicit's ALS.
+
+Fits the hybrid (``EngineConfig(seed=0)`` or ``--config``) on the leave-one-out training part
+of a data set (``leave_one_out(ds).train_valid``), or loads a saved one (``--load``), and
+measures, in one process and under the same thread settings:
+
+- fit time: total wall seconds and the engine's own per-stage seconds (``fit_report``);
+- single-user latency: ``engine.rank(user, k=10)`` for ``--users`` users (after a warm-up),
+  p50/p90/p99/mean in milliseconds, against implicit's ALS (64 factors, fitted on the same
+  training CSR) ``recommend(u, user_items[u], N=10, filter_already_liked_items=True)`` for the
+  same users; the two are timed alternately, user by user, so that background load hits both;
+- batch throughput (users/s): ``engine.rank_batch`` over all users in batches of
+  ``--batch-size`` against ALS ``recommend`` with arrays of users.
+
+Every ratio is hybrid / ALS. By default everything runs on one thread (torch, BLAS, implicit's
+``num_threads``): one request per core, as a serving process with a worker per core would run.
+Results go to ``--out``: ``results.json`` (machine, command, config, all numbers) and
+``latency.png`` (histograms of the single-user latencies).
+
+    DRIFTRANK_DATA_HOME=../shared/data .venv/bin/python benchmarks/bench_engine_speed.py \\
+        --save /tmp/speed/default-engine
+
+Latencies are wall-clock and depend on the machine's load (recorded as the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from driftrank.bench._harness import machine_info
+from driftrank.data import Dataset, load_dataset
+from driftrank.engine import Engine, EngineConfig
+from driftrank.eval import leave_one_out
+
+log = logging.getLogger("bench_engine_speed")
+
+K = 10
+WARMUP = 20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml-100k", help="data set name for load_dataset (default ml-100k)")
+    p.add_argument("--config", type=Path, help="EngineConfig TOML (default: EngineConfig(seed=0))")
+    p.add_argument("--load", type=Path, help="use this saved engine instead of fitting one")
+    p.add_argument("--save", type=Path, help="save the fitted engine to this folder")
+    p.add_argument("--users", type=int, default=300, help="users timed one by one (default 300)")
+    p.add_argument("--batch-size", type=int, default=256, help="users per rank_batch call (default 256)")
+    p.add_argument("--threads", type=int, default=1, help="torch/BLAS/implicit threads (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user sample and of ALS")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"), help="output folder")
+    args = p.parse_args(argv)
+    if args.users < 1 or args.batch_size < 1 or args.threads < 1:
+        p.error("--users, --batch-size and --threads must be positive")
+    if args.load is not None and args.config is not None:
+        p.error("--config describes a fit; it cannot be combined with --load")
+    return args
+
+
+def summary_ms(seconds: np.ndarray) -> dict[str, float]:
+    """p50/p90/p99/mean/max in milliseconds of ``seconds: float[n]``."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {
+        "n": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def get_engine(args: argparse.Namespace, train: Dataset) -> tuple[Engine, dict[str, Any]]:
+    """The engine to time and what its fit took (measured now, or as recorded when saved)."""
+    if args.load is not None:
+        t = time.perf_counter()
+        engine = Engine.load(args.load)
+        load_s = time.perf_counter() - t
+        report = engine.fit_report
+        log.info("loaded %s in %.1f s", args.load, load_s)
+        return engine, {
+            "source": f"loaded from {args.load}",
+            "load_seconds": load_s,
+            "total_seconds": report.get("seconds", {}).get("total"),
+            "stage_seconds": report.get("seconds", {}),
+        }
+    config = EngineConfig.from_toml(args.config) if args.config is not None else EngineConfig(seed=0)
+    log.info("fitting the hybrid on %s (%d interactions)", train.name, train.n_interactions)
+    t = time.perf_counter()
+    engine = Engine(config).fit(train)
+    total = time.perf_counter() - t
+    log.info("fitted in %.1f s: %s", total, engine.fit_report["seconds"])
+    if args.save is not None:
+        engine.save(args.save)
+        log.info("saved to %s", args.save)
+    return engine, {
+        "source": "fitted in this run",
+        "total_seconds": total,
+        "stage_seconds": engine.fit_report["seconds"],
+    }
+
+
+def fit_als(user_items: Any, threads: int, seed: int) -> tuple[Any, float]:
+    """implicit's ALS (64 factors) on ``user_items`` (CSR users × items) and its fit seconds."""
+    from implicit.als import AlternatingLeastSquares
+
+    # implicit warns (and slows down) when BLAS runs several threads inside its own threads.
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=64, random_state=seed, num_threads=threads, use_gpu=False)
+        t = time.perf_counter()
+        model.fit(user_items, show_progress=False)
+        seconds = time.perf_counter() - t
+    return model, seconds
+
+
+def single_user_latency(
+    engine: Engine, als: Any, user_items: Any, raw_ids: list[Any], index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds per request of the hybrid and of ALS for each user (timed alternately)."""
+    for raw, u in zip(raw_ids[:WARMUP], index[:WARMUP].tolist(), strict=True):
+        engine.rank(raw, k=K)
+        als.recommend(u, user_items[u], N=K, filter_already_liked_items=True)
+    hybrid = np.empty(len(raw_ids))
+    reference = np.empty(len(raw_ids))
+    for j, (raw, u) in enumerate(
+        tqdm(zip(raw_ids, index.tolist(), strict=True), total=len(raw_ids), desc="single-user", leave=False)
+    ):
+        t = time.perf_counter()
+        engine.rank(raw, k=K)
+        hybrid[j] = time.perf_counter() - t
+        row = user_items[u]
+        t = time.perf_counter()
+        als.recommend(u, row, N=K, filter_already_liked_items=True)
+        reference[j] = time.perf_counter() - t
+    return hybrid, reference
+
+
+def batch_throughput(
+    engine: Engine, als: Any, user_items: Any, raw_ids: list[Any], batch_size: int
+) -> tuple[float, float]:
+    """Users per second of ``rank_batch`` and of ALS ``recommend`` over all users."""
+    index = np.arange(len(raw_ids))
+    engine.rank_batch(raw_ids[:batch_size], k=K)  # warm-up
+    t = time.perf_counter()
+    for s in tqdm(range(0, len(raw_ids), batch_size), desc="rank_batch", leave=False):
+        engine.rank_batch(raw_ids[s : s + batch_size], k=K)
+    hybrid_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for s in range(0, len(raw_ids), batch_size):
+        users = index[s : s + batch_size]
+        als.recommend(users, user_items[users], N=K, filter_already_liked_items=True)
+    als_s = time.perf_counter() - t
+    return len(raw_ids) / hybrid_s, len(raw_ids) / als_s
+
+
+def plot_latency(hybrid: np.ndarray, reference: np.ndarray, path: Path, title: str) -> None:
+    """Histograms of both latency samples on a log time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms_h, ms_r = hybrid * 1000.0, reference * 1000.0
+    lo = max(min(ms_h.min(), ms_r.min()) * 0.8, 1e-3)
+    hi = max(ms_h.max(), ms_r.max()) * 1.25
+    bins = np.geomspace(lo, hi, 60).tolist()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for ms, name in ((ms_r, "implicit ALS recommend"), (ms_h, "hybrid Engine.rank")):
+        ax.hist(
+            ms,
+            bins=bins,
+            alpha=0.6,
+            label=f"{name} (p50 {np.median(ms):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms)",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("single-user latency (ms, log scale)")
+    ax.set_ylabel("users")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns what it wrote to ``results.json``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    ds = load_dataset(args.dataset)
+    train = leave_one_out(ds).train_valid
+    with threadpool_limits(args.threads):
+        engine, fit = get_engine(args, train)
+    user_items = train.seen.tocsr()
+    if engine.n_users != train.n_users:
+        raise SystemExit(f"the engine knows {engine.n_users} users, the training part has {train.n_users}")
+    raw_ids = [x.item() if hasattr(x, "item") else x for x in train.user_ids.ids]
+    als, als_fit_s = fit_als(user_items, args.threads, args.seed)
+    log.info("implicit ALS fitted in %.1f s", als_fit_s)
+
+    rng = np.random.default_rng(args.seed)
+    sample = rng.permutation(len(raw_ids))[: min(args.users, len(raw_ids))]
+    with threadpool_limits(args.threads):
+        hybrid_s, als_s = single_user_latency(engine, als, user_items, [raw_ids[i] for i in sample], sample)
+        hybrid_ups, als_ups = batch_throughput(engine, als, user_items, raw_ids, args.batch_size)
+
+    single = {"hybrid": summary_ms(hybrid_s), "als": summary_ms(als_s)}
+    ratios = {
+        f"{q}_latency": single["hybrid"][f"{q}_ms"] / single["als"][f"{q}_ms"]
+        for q in ("p50", "p90", "p99", "mean")
+    }
+    ratios["batch_throughput_als_over_hybrid"] = als_ups / hybrid_ups
+    result = {
+        "benchmark": "engine serving speed",
+        "machine": machine_info(),
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        if argv is None
+        else " ".join(argv),
+        "dataset": {
+            "name": ds.name,
+            "train": train.name,
+            "n_users": train.n_users,
+            "n_items": train.n_items,
+            "n_interactions": train.n_interactions,
+        },
+        "threads": args.threads,
+        "k": K,
+        "config": engine.config.to_dict(),
+        "fit": {"hybrid": fit, "als_seconds": als_fit_s},
+        "single_user": single,
+        "batch": {
+            "batch_size": args.batch_size,
+            "n_users": len(raw_ids),
+            "hybrid_users_per_s": hybrid_ups,
+            "als_users_per_s": als_ups,
+        },
+        "ratios_hybrid_over_als": ratios,
+        "goals": {
+            "p99_single_user_ms_under_10": single["hybrid"]["p99_ms"] < 10.0,
+            "batch_throughput_within_5x_of_als": als_ups / hybrid_ups <= 5.0,
+            "fit_under_120_s": None if fit["total_seconds"] is None else fit["total_seconds"] < 120.0,
+        },
+        "als": {"factors": 64, "num_threads": args.threads, "implicit_fit_under_threadpool_limits_blas": 1},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(
+        json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8"
+    )
+    plot_latency(
+        hybrid_s, als_s, args.out / "latency.png", f"{ds.name}: single-user top-{K}, {args.threads} thread(s)"
+    )
+    h, a = single["hybrid"], single["als"]
+    print(
+        f"fit: hybrid {fit['total_seconds']:.1f} s ({fit['source']}), ALS {als_fit_s:.1f} s\n"
+        f"single user (ms)   p50 {h['p50_ms']:7.2f}  p90 {h['p90_ms']:7.2f}  p99 {h['p99_ms']:7.2f}  mean {h['mean_ms']:7.2f}\n"
+        f"  ALS              p50 {a['p50_ms']:7.2f}  p90 {a['p90_ms']:7.2f}  p99 {a['p99_ms']:7.2f}  mean {a['mean_ms']:7.2f}\n"
+        f"  ratio hybrid/ALS p50 {ratios['p50_latency']:7.1f}x p99 {ratios['p99_latency']:7.1f}x\n"
+        f"batch (users/s)    hybrid {hybrid_ups:9.0f}  ALS {als_ups:9.0f}  ALS/hybrid {ratios['batch_throughput_als_over_hybrid']:.1f}x\n"
+        f"wrote {args.out / 'results.json'} and {args.out / 'latency.png'}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

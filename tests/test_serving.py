@@ -1,0 +1,227 @@
+"""The serving path's shortcuts against slow, obvious references: the sparse helpers and top-k
+in ``driftrank.types``, and the caches of the re-ranker, the interest model and the engine
+(each must give exactly what a fresh computation gives, also after observe/add_items/load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftrank.data import Dataset, make_drifting
+from driftrank.engine import EncoderConfig, Engine, EngineConfig
+from driftrank.fusion import FusionConfig
+from driftrank.rerank._interest import InterestConfig, InterestModel
+from driftrank.rerank._model import SequenceReranker, SequenceRerankerConfig
+from driftrank.types import csr_coordinates, csr_from_coo, csr_take_rows, topk
+
+
+# ---------------------------------------------------------------------- sparse helpers
+def random_csr(rng: np.random.Generator, shape: tuple[int, int], density: float) -> sp.csr_matrix:
+    m = sp.random(*shape, density=density, format="csr", dtype=np.float32, random_state=rng)
+    m.data[:] = rng.integers(1, 5, size=m.nnz)
+    return m
+
+
+@given(st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_csr_take_rows_equals_scipy_indexing(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = random_csr(rng, (int(rng.integers(1, 9)), int(rng.integers(1, 12))), 0.4)
+    rows = rng.integers(0, m.shape[0] + 3, size=int(rng.integers(0, 10)))  # some past the end
+    got = csr_take_rows(m, rows, n_cols=m.shape[1] + 2)
+    expect = np.zeros((len(rows), m.shape[1] + 2), dtype=np.float32)
+    inside = rows < m.shape[0]
+    expect[inside, : m.shape[1]] = m[rows[inside]].toarray()
+    np.testing.assert_array_equal(got.toarray(), expect)
+    if inside.all():  # same entries in the same stored order as scipy's fancy indexing
+        ref = m[rows]
+        np.testing.assert_array_equal(got.indptr, ref.indptr)
+        np.testing.assert_array_equal(got.indices, ref.indices)
+        np.testing.assert_array_equal(got.data, ref.data)
+    r, c = csr_coordinates(m, rows)
+    assert sorted(zip(r.tolist(), c.tolist(), strict=True)) == sorted(
+        zip(*np.nonzero(expect[:, : m.shape[1]]), strict=True)
+    )
+
+
+def test_csr_coordinates_equal_tocoo_for_any_format() -> None:
+    m = random_csr(np.random.default_rng(1), (5, 7), 0.5)
+    m.data[0] = 0.0  # an explicit zero is a stored entry too
+    coo = m.tocoo()
+    rows = np.array([4, 0, 9, 4])  # 9 is past the last row: no entries
+    picked = [(j, c) for j, r in enumerate(rows.tolist()) if r < 5 for c in m[r].indices.tolist()]
+    for matrix in (m, m.tocoo(), m.tocsc()):
+        r, c = csr_coordinates(matrix)
+        assert sorted(zip(r.tolist(), c.tolist(), strict=True)) == sorted(
+            zip(coo.row.tolist(), coo.col.tolist(), strict=True)
+        )
+        r, c = csr_coordinates(matrix, rows)
+        assert sorted(zip(r.tolist(), c.tolist(), strict=True)) == sorted(picked)
+
+
+@given(st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_csr_from_coo_is_bitwise_scipy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 6)), int(rng.integers(1, 8)))
+    nnz = int(rng.integers(0, 30))
+    rows = rng.integers(0, shape[0], size=nnz)  # unsorted, with duplicates
+    cols = rng.integers(0, shape[1], size=nnz)
+    data = rng.normal(size=nnz).astype(np.float32)
+    got = csr_from_coo(data, rows, cols, shape)
+    ref = sp.csr_matrix((data, (rows, cols)), shape=shape)
+    np.testing.assert_array_equal(got.indptr, ref.indptr)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    assert got.data.dtype == ref.data.dtype
+    np.testing.assert_array_equal(got.data, ref.data)  # duplicates summed in the same order
+
+
+@given(st.integers(1, 6000), st.integers(1, 300), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_topk_is_the_stable_full_sort(n_items: int, k: int, seed: int) -> None:
+    """Many ties (also across the k-th place), NaN, -inf and exclusions, narrow and wide."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=(3, n_items)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    excl = sp.csr_matrix((rng.random(scores.shape) < 0.2).astype(np.float32))
+    for exclude in (excl, csr_coordinates(excl)):
+        r = topk(scores, k, exclude)
+        s = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
+        s[excl.toarray() > 0] = -np.inf
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(s, order, axis=1)
+        expect = np.where(np.isfinite(top), order, -1)
+        if expect.shape[1] < k:
+            expect = np.pad(expect, ((0, 0), (0, k - expect.shape[1])), constant_values=-1)
+        np.testing.assert_array_equal(r.items, expect)
+
+
+# ---------------------------------------------------------------------- component caches
+def tiny_reranker(ds: Dataset) -> SequenceReranker:
+    cfg = SequenceRerankerConfig(
+        dim=16, n_layers=1, n_heads=2, max_len=12, max_epochs=2, early_stopping=False
+    )
+    vecs = np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32)
+    return SequenceReranker(cfg).fit(ds, vecs)
+
+
+def test_reranker_item_tables_follow_weight_changes(small_drifting: Dataset) -> None:
+    model = tiny_reranker(small_drifting)
+    users = np.array([0, 3])
+    cands = [np.arange(0, 30), np.arange(10, 25)]
+    before = model.score(users, cands)  # fills the cache
+    np.testing.assert_array_equal(model.score(users, cands), before)
+    # extend_items swaps the item tensors: new items get scores, old ones a fresh computation's
+    n = model.n_items
+    model.extend_items(np.ones((2, 8), dtype=np.float32))
+    with_new = [np.array([0, n, 5, n + 1]), np.arange(10, 25)]
+    fresh = SequenceReranker.from_state(*model.get_state())
+    np.testing.assert_array_equal(model.score(users, with_new), fresh.score(users, with_new))
+    # an in-place weight change (what an optimiser step or load_state_dict does) is seen too
+    with torch.no_grad():
+        model.net_.item_bias.add_(1.0)  # type: ignore[union-attr]
+    changed = model.score(users, cands)
+    fresh = SequenceReranker.from_state(*model.get_state())
+    np.testing.assert_array_equal(changed, fresh.score(users, cands))
+    assert not np.array_equal(changed, before)
+    # so is a replaced tensor, even one whose version counter matches the old one's
+    net = model.net_
+    assert net is not None
+    net.text = torch.flip(net.text, dims=[0]).contiguous()
+    replaced = model.score(users, cands)
+    fresh = SequenceReranker.from_state(*model.get_state())
+    np.testing.assert_array_equal(replaced, fresh.score(users, cands))
+    assert not np.array_equal(replaced, changed)
+
+
+def test_interest_memo_follows_observe_and_returns_copies(small_drifting: Dataset) -> None:
+    vecs = np.random.default_rng(1).normal(size=(small_drifting.n_items, 6)).astype(np.float32)
+    model = InterestModel(InterestConfig(mode="both")).fit(small_drifting, vecs)
+    users = np.array([2, 5])
+    first = model.vectors(users)
+    first[:] = 0.0  # the caller's copy: must not reach the memo
+    again = model.vectors(users)
+    assert np.abs(again).sum() > 0
+    # "at the latest event" and at that event's time are the same request
+    last = np.array([model.history(int(u))[1][-1] for u in users])
+    np.testing.assert_array_equal(model.vectors(users, last), again)
+    np.testing.assert_array_equal(model.mass(users, last), model.mass(users))
+    # an event before user 2's latest one: the request looks the same, the interest is not
+    model.observe(np.array([2]), np.array([7]), np.array([last[0] - 60.0]))
+    fresh = InterestModel.from_state(*model.get_state())
+    np.testing.assert_array_equal(model.vectors(users), fresh.vectors(users))
+    assert not np.array_equal(model.vectors(users)[0], again[0])
+    model.observe(np.array([2]), np.array([9]), np.array([last[0] + 3600.0]))
+    fresh = InterestModel.from_state(*model.get_state())
+    np.testing.assert_array_equal(model.vectors(users), fresh.vectors(users))
+    items = np.array([1, 2, 3, 4])
+    np.testing.assert_array_equal(
+        model.similarity(np.array([2, 2, 5, 5]), items), fresh.similarity(np.array([2, 2, 5, 5]), items)
+    )
+
+
+# ---------------------------------------------------------------------- the engine
+def small_config() -> EngineConfig:
+    return EngineConfig(
+        encoder=EncoderConfig(kind="hashing", dim=64),
+        reranker=SequenceRerankerConfig(dim=32, n_layers=1, max_epochs=2, n_hard=8, n_random=16),
+        fusion_config=FusionConfig(max_epochs=15),
+        n_candidates=40,
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset]:
+    data = make_drifting(n_users=60, n_items=90, n_topics=4, events_per_user=(10, 16), seed=7)
+    engine = Engine(small_config()).fit(data)
+    return engine.save(tmp_path_factory.mktemp("serving") / "model"), data
+
+
+def _same(a: list, b: list) -> None:
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.item_ids, y.item_ids)
+        np.testing.assert_array_equal(x.scores, y.scores)
+        assert x.titles == y.titles
+        assert x.contributions.keys() == y.contributions.keys()
+        for g in x.contributions:
+            np.testing.assert_array_equal(x.contributions[g], y.contributions[g])
+
+
+def test_engine_caches_follow_observe_and_add_items(saved_engine: tuple[Path, Dataset]) -> None:
+    """A warm engine (every cache filled) answers exactly like a freshly loaded one that went
+    through the same updates without serving anything before."""
+    path, data = saved_engine
+    warm, cold = Engine.load(path), Engine.load(path)
+    users = list(data.user_ids.ids[:8])
+    _same([warm.rank(u, k=10) for u in users], [cold.rank(u, k=10) for u in users])
+
+    warm.rank(text="space heist", k=3)  # fills the titles cache with the old catalog
+    new_items = [
+        {"item_id": 10_000 + j, "title": f"brand new film {j}", "text": f"space heist caper {j}"}
+        for j in range(3)
+    ]
+    events = [(users[0], new_items[0]["item_id"], 2e9), (users[1], data.item_ids.ids[4], 2e9 + 1)]
+    warm.add_items(new_items)
+    warm.observe(events)
+    fresh = Engine.load(path)
+    fresh.add_items(new_items)
+    fresh.observe(events)
+    _same([warm.rank(u, k=10) for u in users], [fresh.rank(u, k=10) for u in users])
+    _same(warm.rank_batch(users, k=10), fresh.rank_batch(users, k=10))
+    # titles come from the grown catalog
+    title_of = dict(zip(data.items["item_id"].to_list(), data.items["title"].to_list(), strict=True))
+    title_of.update({it["item_id"]: it["title"] for it in new_items})
+    r = warm.rank(text="space heist caper", k=5)
+    assert {it["item_id"] for it in new_items} & set(r.item_ids.tolist())
+    assert r.titles == [title_of[i] for i in r.item_ids.tolist()]
+    # and a save/load of the updated engine still ranks the same
+    warm.save(path.parent / "updated")
+    again = Engine.load(path.parent / "updated")
+    _same([again.rank(u, k=10) for u in users], [warm.rank(u, k=10) for u in users])
