@@ -33,8 +33,15 @@ unit: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest -q
 
+# The recorded benchmark of one data set (DATASET=ml-latest-small for the other): every pipeline,
+# the fusion ablation, 100 single-user latency calls. `rerank` reuses the hybrid's fit.
+DATASET ?= ml-100k
+PROTOCOL ?= loo
+OUT ?= benchmarks/results/$(DATASET)
+PIPELINES ?= pop als bpr lightfm covisit sasrec hybrid rerank
 bench: $(STAMP)
-	$(BIN)/driftrank bench --dataset ml-100k --out benchmarks/results/ml-100k
+	$(BIN)/driftrank bench --dataset $(DATASET) $(foreach p,$(PIPELINES),--pipeline benchmarks/configs/$(p).toml) \
+		--protocol $(PROTOCOL) --compare-to hybrid --ablation --latency-users 100 --out $(OUT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -18,7 +18,8 @@ from driftrank.engine import EncoderConfig, Engine, EngineConfig
 from driftrank.fusion import FusionConfig
 from driftrank.rerank._interest import InterestConfig, InterestModel
 from driftrank.rerank._model import SequenceReranker, SequenceRerankerConfig
-from driftrank.types import csr_coordinates, csr_from_coo, csr_take_rows, topk
+from driftrank.retrieval import _merge
+from driftrank.types import Ranking, csr_coordinates, csr_from_coo, csr_take_rows, topk
 
 
 # ---------------------------------------------------------------------- sparse helpers
@@ -101,6 +102,37 @@ def test_topk_is_the_stable_full_sort(n_items: int, k: int, seed: int) -> None:
         if expect.shape[1] < k:
             expect = np.pad(expect, ((0, 0), (0, k - expect.shape[1])), constant_values=-1)
         np.testing.assert_array_equal(r.items, expect)
+
+
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["rrf", "quota"]))
+@settings(max_examples=30, deadline=None)
+def test_merge_dense_counting_equals_sorting(seed: int, order: str) -> None:
+    """merge_rankings' dense (small catalogs) and sorted (large catalogs) paths agree exactly."""
+    rng = np.random.default_rng(seed)
+    b, n_items = int(rng.integers(1, 5)), int(rng.integers(1, 50))
+    lists = []
+    for _ in range(int(rng.integers(1, 4))):
+        depth = int(rng.integers(1, 12))
+        items = np.full((b, depth), -1, dtype=np.int64)
+        scores = np.full((b, depth), np.nan, dtype=np.float32)
+        for r in range(b):
+            m = int(rng.integers(0, min(depth, n_items) + 1))
+            items[r, :m] = rng.choice(n_items, size=m, replace=False)
+            scores[r, :m] = np.sort(rng.random(m))[::-1]
+        lists.append(Ranking(items, scores))
+    quotas = rng.choice([0.0, 0.5, 1.0, 3.0], size=len(lists))
+    quotas[0] = 1.0
+    names = tuple("abc"[: len(lists)])
+    users = np.arange(b) * 2
+    out = []
+    for slots, per_pair in ((10**9, 10**9), (0, 0)):  # always dense, never dense
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_merge, "_DENSE_SLOTS", slots)
+            mp.setattr(_merge, "_DENSE_PER_PAIR", per_pair)
+            out.append(_merge.merge_rankings(users, lists, names, quotas, 15, order))  # type: ignore[arg-type]
+    dense, sort = out
+    for f in ("offsets", "items", "scores", "ranks"):
+        np.testing.assert_array_equal(getattr(dense, f), getattr(sort, f))
 
 
 # ---------------------------------------------------------------------- component caches

@@ -24,6 +24,10 @@ from driftrank.types import Candidates, Ranking
 __all__ = ["DEFAULT_QUOTAS", "CandidateMerger", "MergerConfig", "candidate_recall"]
 
 MergeOrder = Literal["quota", "rrf"]
+# merge_rankings counts (user, item) pairs in a dense table of users × items while it has at
+# most this many slots, or this many per listed pair; beyond (large catalogs) it sorts the pairs.
+_DENSE_SLOTS = 1 << 16
+_DENSE_PER_PAIR = 4
 
 
 @dataclass(frozen=True)
@@ -287,7 +291,8 @@ def merge_rankings(
         flat_order = np.lexsort((rank.ravel(), chan.ravel(), key.ravel()))
         allowed = np.isfinite(key.ravel()[flat_order])
     else:
-        flat_order = np.lexsort((chan.ravel(), rank.ravel()))  # by rank, then channel: first-seen order
+        # By rank, then channel (first-seen order): the [n_ch, depth] positions read column-wise.
+        flat_order = np.arange(n_ch * depth).reshape(n_ch, depth).T.ravel()
         allowed = (q > 0).repeat(depth, axis=1).ravel()[flat_order]
     seq_items = items.reshape(b, -1)[:, flat_order]
     seq_ok = valid.reshape(b, -1)[:, flat_order] & allowed[None, :]
@@ -296,19 +301,34 @@ def merge_rankings(
     r_ok, p_ok, i_ok = row[seq_ok], pos[seq_ok], seq_items[seq_ok]
     n_items = int(items.max()) + 1 if items.size and items.max() >= 0 else 1
     keys = r_ok * n_items + i_ok
-    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    if order == "quota":
-        sort_val = p_ok[first].astype(np.float64)
-    else:
+    if order == "rrf":
         c_ok = np.broadcast_to(chan.ravel()[flat_order], seq_items.shape)[seq_ok]
         rk_ok = np.broadcast_to(rank.ravel()[flat_order], seq_items.shape)[seq_ok]
         contrib = quotas[c_ok] / (rrf_k + rk_ok + 1.0)
-        total = np.bincount(inverse, weights=contrib, minlength=len(uniq))
+    if b * n_items <= max(_DENSE_PER_PAIR * len(keys), _DENSE_SLOTS):
+        # Few (user, item) slots: count them in a dense table instead of sorting the keys.
+        # Each slot's contributions are summed in sequence order either way (bincount), and a
+        # key's first appearance is its smallest position (positions rise along each row).
+        slots = b * n_items
+        first_pos = np.full(slots, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first_pos, keys, p_ok)
+        uniq = np.flatnonzero(first_pos != np.iinfo(np.int64).max)
+        p_first = first_pos[uniq]
+        if order == "rrf":
+            total = np.bincount(keys, weights=contrib, minlength=slots)[uniq]
+    else:
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        p_first = p_ok[first]
+        if order == "rrf":
+            total = np.bincount(inverse, weights=contrib, minlength=len(uniq))
+    if order == "quota":
+        sort_val = p_first.astype(np.float64)
+    else:
         # Higher fused score first; ties by first appearance.
-        sort_val = -total + 1e-12 * (p_ok[first] / max(1, seq_items.shape[1]))
+        sort_val = -total + 1e-12 * (p_first / max(1, seq_items.shape[1]))
     u_row = uniq // n_items
     u_item = uniq % n_items
-    o = np.lexsort((p_ok[first], sort_val, u_row))
+    o = np.lexsort((p_first, sort_val, u_row))
     u_row, u_item = u_row[o], u_item[o]
     counts = np.bincount(u_row, minlength=b)
     starts = np.zeros(b + 1, dtype=np.int64)
