@@ -167,3 +167,13 @@ def test_rerank_shares_the_hybrid_fit_and_ablation_is_recorded(tmp_path: Path) -
     assert "ablation" not in rerank
     assert "Fusion ablation: hybrid" in (tmp_path / "results.md").read_text(encoding="utf-8")
     assert (tmp_path / "ablation-hybrid.png").is_file()
+
+
+def test_demo_quick_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo on the built-in synthetic data (the real-data run is `make demo`).
+    assert main(["demo", "--dataset", "synthetic", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for name in ("| pop ", "| sasrec ", "| hybrid ", "| rerank "):
+        assert name in out
+    assert "hybrid vs sasrec NDCG@10" in out
+    assert "cold start from a text" in out and out.count("=== user") == 2

@@ -53,14 +53,16 @@ def run_demo(dataset: str = "ml-100k", data_home: str | None = None, *, quick: b
         PipelineSpec("rerank", "rerank", params),
     ]
     print("\nBenchmark (leave-one-out by time, full ranking, test step; fitting takes a few minutes) ...")
-    result = run_benchmark(data, specs, latency_users=0, progress=False, keep_rankers=True)
+    result = run_benchmark(
+        data, specs, latency_users=0, progress=False, keep_rankers=True, compare_to="hybrid"
+    )
     print()
     print(result.table())
-    for c in result.comparisons:
-        if c["b"] == "hybrid":
-            print(
-                f"hybrid vs {c['a']} {c['metric']}: {c['diff']:+.4f} (95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p={c['p_value']:.4f})"
-            )
+    for c in result.comparisons:  # b - a with a = hybrid: flip the sign to read "hybrid minus b"
+        print(
+            f"hybrid vs {c['b']} {c['metric']}: {-c['diff']:+.4f} "
+            f"(95% CI [{-c['ci_high']:+.4f}, {-c['ci_low']:+.4f}], p={c['p_value']:.4f})"
+        )
 
     engine: Engine = result.rankers["hybrid"].engine
     print(

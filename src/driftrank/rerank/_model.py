@@ -112,7 +112,7 @@ class SequenceRerankerConfig:
     n_hard: int = 16
     n_random: int = 48
     listwise_weight: float = 1.0
-    softmax_items: int | None = 4096
+    softmax_items: int | None = 16384
     mask_history: bool = True
     pretrain: Literal["none", "masked"] = "none"
     pretrain_epochs: int = 10
