@@ -16,10 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrank.data import Dataset
-from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
+from driftrank.errors import ConfigError, DataError, ModelFileError
 from driftrank.eval import Targets
 from driftrank.rerank._seqdata import (
     CandidateSource,
+    FittedSequenceModel,
     Histories,
     Windows,
     candidate_pool,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     import torch
 
     from driftrank.rerank._seqnets import RerankerNet
-    from driftrank.rerank._train import FitReport
 
 __all__ = ["SequenceReranker", "SequenceRerankerConfig"]
 
@@ -199,7 +199,7 @@ class SequenceRerankerConfig:
         return cls(**d)
 
 
-class SequenceReranker:
+class SequenceReranker(FittedSequenceModel["RerankerNet"]):
     """Scores candidate items against each user's interest *now*, from the text, IDs and times of
     their history (a trainable torch model; see ``docs/reranker.md``).
 
@@ -214,14 +214,14 @@ class SequenceReranker:
     Without ``at``, each user is scored right after their latest stored event.
     """
 
+    _display_name = "SequenceReranker"
+
     def __init__(
         self, config: SequenceRerankerConfig | None = None, *, item_text_vectors: np.ndarray | None = None
     ) -> None:
         self.config = config or SequenceRerankerConfig()
         self._text = None if item_text_vectors is None else _check_text(item_text_vectors, None)
-        self.net_: RerankerNet | None = None
-        self.histories_: Histories | None = None
-        self.fit_report_: FitReport | None = None
+        super().__init__()
         # (net, its tensors, their versions, item tables) of the last serving call.
         self._tables_cache: tuple[Any, ...] | None = None
 
@@ -547,7 +547,7 @@ class SequenceReranker:
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> SequenceReranker:
         """Rebuild a fitted model from :meth:`get_state` output (:class:`ModelFileError` if invalid)."""
 
-        from driftrank.rerank._train import FitReport, load_net_arrays
+        from driftrank.rerank._train import load_net_arrays
 
         if config.get("format") != FORMAT:
             raise ModelFileError(f"not a {FORMAT} state (format {config.get('format')!r})")
@@ -560,23 +560,10 @@ class SequenceReranker:
             raise ModelFileError(f"SequenceReranker state is incomplete or inconsistent: {exc}") from None
         net.eval()
         model = cls(cfg)
-        model.net_ = net
-        model.histories_ = histories
-        report = config.get("fit_report")
-        model.fit_report_ = None if report is None else FitReport.from_dict(report)
+        model._restore(net, histories, config.get("fit_report"))
         return model
 
     # ------------------------------------------------------------------ internals
-    def _net(self) -> RerankerNet:
-        if self.net_ is None:
-            raise NotFittedError("SequenceReranker is not fitted: call fit() first")
-        return self.net_
-
-    def _histories(self) -> Histories:
-        if self.histories_ is None:
-            raise NotFittedError("SequenceReranker is not fitted: call fit() first")
-        return self.histories_
-
     def _item_tables(self, net: RerankerNet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``net.item_tables()``, reused while the served net's weights are unchanged.
 

@@ -18,9 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrank.data import Dataset
-from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
+from driftrank.errors import ConfigError, DataError, ModelFileError
 from driftrank.eval import Targets
 from driftrank.rerank._seqdata import (
+    FittedSequenceModel,
     Histories,
     carve_last,
     check_at,
@@ -34,7 +35,6 @@ from driftrank.types import Ranking, topk
 
 if TYPE_CHECKING:
     from driftrank.rerank._seqnets import SASRecNet
-    from driftrank.rerank._train import FitReport
 
 __all__ = ["SASRec", "SASRecConfig"]
 
@@ -114,7 +114,7 @@ class SASRecConfig:
         return cls(**d)
 
 
-class SASRec:
+class SASRec(FittedSequenceModel["SASRecNet"]):
     """The SASRec baseline as a :class:`~driftrank.types.Ranker` (pipeline ``sasrec``).
 
     ``fit(dataset)`` trains on the users' sequences, early-stopping on validation NDCG@10
@@ -123,11 +123,11 @@ class SASRec:
     most popular items.
     """
 
+    _display_name = "SASRec"
+
     def __init__(self, config: SASRecConfig | None = None) -> None:
         self.config = config or SASRecConfig()
-        self.net_: SASRecNet | None = None
-        self.histories_: Histories | None = None
-        self.fit_report_: FitReport | None = None
+        super().__init__()
 
     @property
     def n_items(self) -> int:
@@ -264,7 +264,7 @@ class SASRec:
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> SASRec:
         """Rebuild a fitted model from :meth:`get_state` output (:class:`ModelFileError` if invalid)."""
         from driftrank.rerank._seqnets import SASRecNet
-        from driftrank.rerank._train import FitReport, load_net_arrays
+        from driftrank.rerank._train import load_net_arrays
 
         if config.get("format") != FORMAT:
             raise ModelFileError(f"not a {FORMAT} state (format {config.get('format')!r})")
@@ -285,21 +285,8 @@ class SASRec:
             raise ModelFileError(f"SASRec state is incomplete or inconsistent: {exc}") from None
         net.eval()
         model = cls(cfg)
-        model.net_ = net
-        model.histories_ = histories
-        report = config.get("fit_report")
-        model.fit_report_ = None if report is None else FitReport.from_dict(report)
+        model._restore(net, histories, config.get("fit_report"))
         return model
-
-    def _net(self) -> SASRecNet:
-        if self.net_ is None:
-            raise NotFittedError("SASRec is not fitted: call fit() first")
-        return self.net_
-
-    def _histories(self) -> Histories:
-        if self.histories_ is None:
-            raise NotFittedError("SASRec is not fitted: call fit() first")
-        return self.histories_
 
 
 def _rank(

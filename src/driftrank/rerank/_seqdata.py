@@ -9,18 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from driftrank.data import Dataset
-from driftrank.errors import DataError
+from driftrank.errors import DataError, NotFittedError
 from driftrank.eval import Targets
 from driftrank.types import Candidates, Ranking
+
+if TYPE_CHECKING:
+    from driftrank.rerank._train import FitReport
 
 __all__ = [
     "SECONDS_PER_DAY",
     "CandidateSource",
+    "FittedSequenceModel",
     "Histories",
     "Windows",
     "candidate_pool",
@@ -39,6 +44,39 @@ SECONDS_PER_DAY = 86400.0
 #: What ``fit(..., candidates=...)`` accepts: precomputed candidates, or a function mapping user
 #: indices ``int64[n]`` to candidates (``Candidates`` or a ``Ranking`` whose rows follow ``users``).
 CandidateSource = Candidates | Ranking | Callable[[np.ndarray], Candidates | Ranking]
+
+
+NetT = TypeVar("NetT")
+
+
+class FittedSequenceModel(Generic[NetT]):
+    """The fitted state both torch sequence models keep: the net, the stored histories and the
+    fit report, with accessors that raise :class:`NotFittedError` before ``fit``."""
+
+    _display_name = "model"
+
+    def __init__(self) -> None:
+        self.net_: NetT | None = None
+        self.histories_: Histories | None = None
+        self.fit_report_: FitReport | None = None
+
+    def _net(self) -> NetT:
+        if self.net_ is None:
+            raise NotFittedError(f"{self._display_name} is not fitted: call fit() first")
+        return self.net_
+
+    def _histories(self) -> Histories:
+        if self.histories_ is None:
+            raise NotFittedError(f"{self._display_name} is not fitted: call fit() first")
+        return self.histories_
+
+    def _restore(self, net: NetT, histories: Histories, report: dict[str, Any] | None) -> None:
+        """Set the state read back by ``from_state`` (``report``: ``FitReport.to_dict()`` or None)."""
+        from driftrank.rerank._train import FitReport
+
+        self.net_ = net
+        self.histories_ = histories
+        self.fit_report_ = None if report is None else FitReport.from_dict(report)
 
 
 @dataclass(frozen=True)
