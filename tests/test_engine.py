@@ -241,3 +241,40 @@ def test_explain_shows_drift(engine: Engine, data: Dataset) -> None:
     assert "rising" in text and ex.reasons[0]["title"] in text
     traj = engine.interest_trajectory(uid, [1.6e9, 1.7e9])
     assert traj.shape[0] == 2
+
+
+def test_rw_lock_does_not_starve_writers_and_allows_nested_reads() -> None:
+    # A liveness check: with the earlier reader-preferring lock, observe() once waited forever
+    # behind a thread calling rank() in a loop (test_observe_concurrent_with_rank hung in CI).
+    from driftrank.engine._engine import _RWLock
+
+    lock = _RWLock()
+    stop = threading.Event()
+
+    def reader() -> None:
+        # The pattern of Engine.rank: a short read, then a long one with nested reads inside.
+        while not stop.is_set():
+            with lock.read():
+                pass
+            with lock.read(), lock.read():  # nested reads never wait
+                sum(range(20_000))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for th in threads:
+        th.start()
+    done = threading.Event()
+
+    def writer() -> None:
+        for _ in range(20):
+            with lock.write():
+                pass
+        done.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    finished = done.wait(timeout=20.0)
+    stop.set()
+    w.join()
+    for th in threads:
+        th.join()
+    assert finished, "the writer was starved by a stream of readers"

@@ -70,32 +70,48 @@ class RankResult:
 
 
 class _RWLock:
-    """Many concurrent readers (``rank``) or one writer (``observe``, ``add_items``)."""
+    """Many concurrent readers (``rank``) or one writer (``observe``, ``add_items``).
+
+    Writer-preferring: once a writer waits, new readers wait behind it, so a steady stream of
+    ``rank`` calls cannot starve ``observe``. A thread that already reads may read again (nested
+    calls) without waiting, so it cannot deadlock against a writer queued behind it.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
+        self._waiting_writers = 0
+        self._local = threading.local()
 
     @contextmanager
     def read(self) -> Any:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._writer or self._waiting_writers:
+                    self._cond.wait()
+                self._readers += 1
+        self._local.depth = depth + 1
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+            self._local.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._cond.notify_all()
 
     @contextmanager
     def write(self) -> Any:
         with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._waiting_writers += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting_writers -= 1
             self._writer = True
         try:
             yield
