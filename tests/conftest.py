@@ -69,3 +69,20 @@ def small_drifting():
     from driftrank.data import make_drifting
 
     return make_drifting(n_users=60, n_items=90, n_topics=3, events_per_user=(8, 14), seed=1)
+
+
+def small_engine_config(**changes: object):  # -> driftrank.engine.EngineConfig
+    """A fast engine for tests: hashing text encoder, a 1-layer re-ranker trained 2 epochs,
+    40 candidates; ``changes`` override any field."""
+    from driftrank.engine import EncoderConfig, EngineConfig
+    from driftrank.fusion import FusionConfig
+    from driftrank.rerank._model import SequenceRerankerConfig
+
+    base: dict[str, object] = {
+        "encoder": EncoderConfig(kind="hashing", dim=64),
+        "reranker": SequenceRerankerConfig(dim=32, n_layers=1, max_epochs=2, n_hard=8, n_random=16),
+        "fusion_config": FusionConfig(max_epochs=15),
+        "n_candidates": 40,
+    }
+    base.update(changes)
+    return EngineConfig(**base)  # type: ignore[arg-type]

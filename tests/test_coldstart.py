@@ -14,13 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import small_engine_config
 from driftrank.data import Dataset, make_drifting
-from driftrank.engine import EncoderConfig, Engine, EngineConfig
+from driftrank.engine import Engine, EngineConfig
 from driftrank.engine._ranker import EngineRanker
 from driftrank.errors import ConfigError, DataError
 from driftrank.eval import ColdStartSplit, cold_start_split
-from driftrank.fusion import FusionConfig
-from driftrank.rerank._model import SequenceRerankerConfig
 from driftrank.types import Candidates, Ranking
 
 Event = tuple[object, object, float]  # raw user id, raw item id, unix seconds
@@ -220,16 +219,7 @@ def test_bad_data_is_refused_clearly(small_drifting: Dataset) -> None:
 
 # ---------------------------------------------------------------------- the engine's cold paths
 def _small_config(**kw: object) -> EngineConfig:
-    base: dict[str, object] = {
-        "encoder": EncoderConfig(kind="hashing", dim=64),
-        "reranker": SequenceRerankerConfig(dim=32, n_layers=1, max_epochs=2, n_hard=8, n_random=16),
-        "fusion_config": FusionConfig(max_epochs=15),
-        "n_candidates": 40,
-        "cold_item_slots": 6,
-        "cold_item_dropout": 0.2,
-    }
-    base.update(kw)
-    return EngineConfig(**base)  # type: ignore[arg-type]
+    return small_engine_config(**{"cold_item_slots": 6, "cold_item_dropout": 0.2, **kw})
 
 
 @pytest.fixture(scope="module")

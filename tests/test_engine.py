@@ -9,22 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conftest import small_engine_config as small_config
 from driftrank.data import Dataset, make_drifting
-from driftrank.engine import EncoderConfig, Engine, EngineConfig
+from driftrank.engine import Engine, EngineConfig
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError, UnknownIdError
 from driftrank.fusion import FusionConfig
-from driftrank.rerank._model import SequenceRerankerConfig
-
-
-def small_config(**kw: object) -> EngineConfig:
-    base: dict[str, object] = {
-        "encoder": EncoderConfig(kind="hashing", dim=64),
-        "reranker": SequenceRerankerConfig(dim=32, n_layers=1, max_epochs=2, n_hard=8, n_random=16),
-        "fusion_config": FusionConfig(max_epochs=15),
-        "n_candidates": 40,
-    }
-    base.update(kw)
-    return EngineConfig(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
