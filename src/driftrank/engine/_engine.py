@@ -132,9 +132,9 @@ class _State:
     popularity: np.ndarray  # float64[n_items] event counts
     first_seen: np.ndarray  # float64[n_items], NaN = never
     item_vectors: np.ndarray  # float32[n_items, d]
-    fit_report: dict[str, Any] = field(default_factory=dict)
     # Catalog size at fit time: items at or beyond it came through add_items (new items).
-    n_fit_items: int = -1
+    n_fit_items: int
+    fit_report: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:

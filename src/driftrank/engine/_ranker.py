@@ -52,9 +52,8 @@ class EngineRanker:
 
         if self.engine is None or config.fusion != "reranker" or self.config.fusion == "reranker":
             return None
+        # Equal but for ``fusion``; EngineConfig refuses fusion="reranker" without a re-ranker.
         if dataclasses.replace(config, fusion=self.config.fusion) != self.config:
-            return None
-        if self.engine._reranker is None:
             return None
         view = copy.copy(self.engine)
         view.config = config
