@@ -54,6 +54,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from driftrank.bench._harness import _atomic_text as write_text
 from driftrank.bench._harness import machine_info
 from driftrank.data import load_dataset
 from driftrank.engine import Engine, EngineConfig
@@ -428,13 +429,6 @@ def main(argv: list[str] | None = None) -> int:
         plot(result, out / "coldstart.png")
     print(markdown(result))
     return 0
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def markdown(result: dict[str, Any]) -> str:

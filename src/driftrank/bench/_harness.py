@@ -411,13 +411,17 @@ def fusion_ablation(ranker: Any, split: Split, ks: Sequence[int], seed: int) -> 
     fcfg = ranker.engine.config.fusion_config
     start = time.perf_counter()
     table = ablation(lambda: FusionModel(fcfg), train_in, train_t, test_in, test_t, ks=kt)
+    # The gated layer with every signal is the table's "all" row: same fuser, same inputs.
+    full = table.row(0, named=True)
+    metric_keys = [k for k in full if k.split("@")[0] in ("NDCG", "HR", "MRR")] + ["recall"]
+    methods = [
+        {"method": "gated", "n_users": float((test_t >= 0).sum()), **{k: full[k] for k in metric_keys}}
+    ]
     makers: dict[str, Any] = {
-        "gated": lambda: FusionModel(fcfg),
         "gated, no MLP": lambda: FusionModel(dataclasses.replace(fcfg, mlp_hidden=0)),
         "linear (logistic)": lambda: LinearFusion(LinearFusionConfig(method="logistic")),
         "reciprocal rank": lambda: ReciprocalRankFusion(RRFConfig()),
     }
-    methods = []
     for label, make in makers.items():
         fuser = make().fit(train_in, train_t)
         m = candidate_metrics(test_in.candidates, fuser.score(test_in), test_t, kt)
