@@ -287,7 +287,10 @@ def test_prefix_cache_and_padding_side_do_not_change_scores(tok, queries):
         right = m.scorer.logits(prompts, soft, padding_side="right")
         alone = torch.cat([m.scorer.logits([p], [s]) for p, s in zip(prompts, soft)])
         cached = m.scorer.logits(prompts, soft, prefix=m.scorer.prefix_kv(m.builder.prefix_ids))
+        # the training path: right padding, decoder states, head applied to the label rows only
+        trained = m.scorer.train_logits(prompts, soft)
     assert len({len(p.ids) for p in prompts}) > 3  # the batch really is padded
+    torch.testing.assert_close(left, trained, atol=2e-5, rtol=0)
     torch.testing.assert_close(left, right, atol=2e-5, rtol=0)
     torch.testing.assert_close(left, alone, atol=2e-5, rtol=0)
     torch.testing.assert_close(left, cached, atol=2e-5, rtol=0)
@@ -452,6 +455,41 @@ def test_fit_is_seeded_and_checkpointing_matches(tok):
     for k in a0:
         np.testing.assert_array_equal(a0[k], a1[k])
         np.testing.assert_allclose(a0[k], a2[k], atol=1e-5)
+
+
+def test_unloaded_adapter_scores_like_the_merged_one(tok, queries):
+    rr = make_rr(tok, epochs=2, **{**TOY, "train_batch_size": 4})
+    rr.fit(_toy_examples(8))
+    rr.merge_adapter()
+    merged = rr.score(queries)
+    state = rr.get_state()
+    rr.merge_adapter(unload=True)
+    assert not any("lora_" in k for k in rr._ensure().lm.state_dict())
+    for a, b in zip(merged, rr.score(queries)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    again = rr.get_state()
+    assert again[1].keys() == state[1].keys()
+    for k in state[1]:
+        np.testing.assert_array_equal(again[1][k], state[1][k])
+    with pytest.raises(ConfigError, match="folded"):
+        rr.fit(_toy_examples(4))
+
+
+def test_non_finite_steps_are_skipped_not_applied(tok, monkeypatch):
+    rr = make_rr(tok, epochs=1, **{**TOY, "train_batch_size": 4})
+    rr.fit(_toy_examples(4), validation=None)  # builds the adapter
+    before = {k: v.copy() for k, v in rr.get_state()[1].items()}
+    real = rr._batch_loss
+
+    def poisoned(batch, rng, *, grad):
+        loss, hit = real(batch, rng, grad=grad)
+        return loss * float("nan"), hit
+
+    monkeypatch.setattr(rr, "_batch_loss", poisoned)
+    rr.fit(_toy_examples(8))
+    assert rr.train_log_[-1]["skipped_steps"] == 2
+    for k, v in rr.get_state()[1].items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 def test_save_and_load_give_identical_scores(tok, queries, tmp_path):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
-from driftrank.data import Dataset
+if TYPE_CHECKING:
+    from driftrank.data import Dataset
 
 __all__ = [
     "CandidateGenerator",

@@ -82,6 +82,12 @@ def hybrid(params: dict[str, Any], seed: int) -> Ranker:
     return _engine(params, seed)
 
 
+def hybrid_llm(params: dict[str, Any], seed: int) -> Ranker:
+    """``hybrid-llm``: the hybrid plus a causal LM's score of each user's top candidates as a
+    fusion signal (``llm`` params: an :class:`~driftrank.engine.LLMStageConfig` table)."""
+    return _engine({"llm": {}, **params}, seed)
+
+
 def hybrid_linear(params: dict[str, Any], seed: int) -> Ranker:
     """``hybrid-linear``: the engine with a logistic linear fusion instead of the gated layer."""
     return _engine(params, seed, fusion="linear")

@@ -71,6 +71,7 @@ PIPELINES: dict[str, str] = {
     "lightfm": "driftrank.bench._factories:lightfm",
     "covisit": "driftrank.bench._factories:covisit",
     "hybrid": "driftrank.bench._factories:hybrid",
+    "hybrid-llm": "driftrank.bench._factories:hybrid_llm",
     "hybrid-linear": "driftrank.bench._factories:hybrid_linear",
     "hybrid-rrf": "driftrank.bench._factories:hybrid_rrf",
     "rerank": "driftrank.bench._factories:rerank",

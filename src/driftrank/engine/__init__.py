@@ -3,5 +3,6 @@
 from driftrank.engine._config import EncoderConfig, EngineConfig
 from driftrank.engine._engine import Engine, RankResult
 from driftrank.engine._explain import Explanation
+from driftrank.engine._llm_stage import LLMStageConfig
 
-__all__ = ["EncoderConfig", "Engine", "EngineConfig", "Explanation", "RankResult"]
+__all__ = ["EncoderConfig", "Engine", "EngineConfig", "Explanation", "LLMStageConfig", "RankResult"]

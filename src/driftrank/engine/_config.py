@@ -142,6 +142,9 @@ class EngineConfig:
     ml-100k cold-start protocol 0.1 changed no segment significantly, see the README).
     ``fusion`` picks the final scorer: ``"gated"`` (the learned fusion layer), ``"linear"`` (logistic linear mix), ``"rrf"`` (reciprocal rank
     fusion, no training), or ``"reranker"`` (the re-ranker's score alone: pipeline ``rerank``).
+    ``llm``: an :class:`~driftrank.engine.LLMStageConfig` adds a causal LM's score of each
+    user's best candidates as one more fusion signal (pipeline ``hybrid-llm``; ``None`` = off,
+    the default; it needs ``fusion="gated"`` or ``"linear"``).
     ``final_update``: after fusion is trained on each user's held-out last event, ``"observe"``
     feeds those events to every component online (fast), ``"refit"`` refits the channels on all
     data. ``unknown_items`` says what a history with items outside the catalog does.
@@ -161,6 +164,7 @@ class EngineConfig:
     reranker: Any = "default"
     fusion: Literal["gated", "linear", "rrf", "reranker"] = "gated"
     fusion_config: Any = "default"
+    llm: Any = None
     final_update: Literal["observe", "refit"] = "observe"
     unknown_items: Literal["error", "warn"] = "error"
     text_popularity_weight: float = 0.1
@@ -168,6 +172,7 @@ class EngineConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        from driftrank.engine._llm_stage import LLMStageConfig
         from driftrank.fusion import FusionConfig
         from driftrank.rerank._interest_channel import InterestChannelConfig
         from driftrank.rerank._model import SequenceRerankerConfig
@@ -182,6 +187,7 @@ class EngineConfig:
             "interest": InterestChannelConfig,
             "reranker": SequenceRerankerConfig,
             "fusion_config": FusionConfig,
+            "llm": LLMStageConfig,
         }
         for name, cls in typed.items():
             v = getattr(self, name)
@@ -225,6 +231,10 @@ class EngineConfig:
             raise ConfigError(f"fusion must be 'gated', 'linear', 'rrf' or 'reranker', got {self.fusion!r}")
         if self.fusion == "reranker" and self.reranker is None:
             raise ConfigError("fusion='reranker' needs a reranker config")
+        if self.llm is not None and self.fusion not in ("gated", "linear"):
+            raise ConfigError(
+                f"llm is a fusion signal: it needs fusion='gated' or 'linear', got fusion={self.fusion!r}"
+            )
         if self.final_update not in ("observe", "refit"):
             raise ConfigError(f"final_update must be 'observe' or 'refit', got {self.final_update!r}")
         if self.unknown_items not in ("error", "warn"):

@@ -152,10 +152,18 @@ class Engine:
         engine.rank(196, k=10).to_frame()
     """
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, *, llm: Any = None) -> None:
+        """``llm``: with ``config.llm`` set, an :class:`~driftrank.rerank.LLMReranker` to use
+        instead of the one the config would load (one around a model you built, say)."""
         if config is not None and not isinstance(config, EngineConfig):
             raise ConfigError(f"Engine takes an EngineConfig, got {type(config).__name__}")
         self.config = config or EngineConfig()
+        if llm is not None and self.config.llm is None:
+            raise ConfigError(
+                "an llm was given but config.llm is None: set EngineConfig(llm=LLMStageConfig())"
+            )
+        self._llm_given = llm
+        self._llm: Any = None
         self._lock = _RWLock()
         self._state: _State | None = None
         self._merger: Any = None
@@ -215,9 +223,15 @@ class Engine:
                 hard = self._train_candidates(fit_part)
             self._reranker.fit(fit_part, vectors, candidates=hard)
         timings["reranker"] = time.perf_counter() - t
+        if self._llm is not None:
+            t = time.perf_counter()
+            self._llm.fit(self, fit_part, seed=cfg.seed, progress=cfg.progress)
+            timings["llm"] = time.perf_counter() - t
 
         t = time.perf_counter()
         report: dict[str, Any] = {"held_out_users": len(held)}
+        if self._llm is not None:
+            report["llm"] = {k: v for k, v in self._llm.train_report_.items() if k != "log"}
         if self._fuser is not None and len(held):
             # Reserved cold slots go to the simulated new items only: the items that have no event
             # here are those whose only event is a held-out target, so they would teach the layer
@@ -325,6 +339,10 @@ class Engine:
             from driftrank.rerank._model import SequenceReranker
 
             self._reranker = SequenceReranker(cfg.reranker)
+        if cfg.llm is not None:
+            from driftrank.engine._llm_stage import LLMStage
+
+            self._llm = LLMStage(cfg.llm, llm=self._llm_given)
         self._fuser = self._make_fuser()
 
     def _make_fuser(self) -> Any:
@@ -488,6 +506,8 @@ class Engine:
         signals: dict[str, np.ndarray] = {}
         if self._reranker is not None:
             signals["rerank"] = self._reranker.score(users, cands, at_u).astype(np.float64)
+        if self._llm is not None:
+            signals["llm"] = self._llm.signal(self, cands, at_u, signals.get("rerank"))
         if self._interest is not None:
             model = self._interest.interest
             sims = model.similarity(users[row_user], cands.items, at_rows)
@@ -933,13 +953,17 @@ class Engine:
             return save_bundle(path, self.config.to_dict(), engine_components(self))
 
     @classmethod
-    def load(cls, path: str | Path) -> Engine:
-        """Load a folder written by :meth:`save`, verifying checksums and versions."""
+    def load(cls, path: str | Path, *, llm: Any = None) -> Engine:
+        """Load a folder written by :meth:`save`, verifying checksums and versions.
+
+        An engine with an LLM stage reloads its base model from ``config.llm.reranker.model``
+        (then the saved adapter and projection on top); ``llm`` gives a re-ranker around a
+        model you built instead, as for the constructor."""
         from driftrank.engine._persist import load_bundle
         from driftrank.engine._state import restore_engine
 
         manifest, components = load_bundle(path)
-        return restore_engine(cls, manifest, components)
+        return restore_engine(cls, manifest, components, llm=llm)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -22,8 +22,10 @@ class EngineRanker:
     ``channel_recall`` and ``report`` (what the benchmark records).
     """
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, *, llm: Any = None) -> None:
+        """``llm``: passed to :class:`Engine` (a re-ranker object for ``config.llm``)."""
         self.config = config or EngineConfig()
+        self.llm = llm
         self.engine: Engine | None = None
 
     def _e(self) -> Engine:
@@ -35,7 +37,7 @@ class EngineRanker:
 
     def fit(self, dataset: Dataset) -> Self:
         """Fit a fresh engine on ``dataset``."""
-        self.engine = Engine(self.config).fit(dataset)
+        self.engine = Engine(self.config, llm=self.llm).fit(dataset)
         return self
 
     def derive(self, config: EngineConfig) -> EngineRanker | None:

@@ -57,13 +57,18 @@ def engine_components(engine: Engine) -> dict[str, tuple[dict[str, Any], dict[st
         out["interest"] = engine._interest.get_state()
     if engine._reranker is not None:
         out["reranker"] = engine._reranker.get_state()
+    if engine._llm is not None:
+        out["llm"] = engine._llm.get_state()
     if engine._fuser is not None:
         out["fusion"] = engine._fuser.get_state()
     return out
 
 
-def restore_engine(cls: type[Engine], manifest: dict[str, Any], components: dict[str, Any]) -> Engine:
-    """Rebuild an engine from :func:`engine_components` output read back from disk."""
+def restore_engine(
+    cls: type[Engine], manifest: dict[str, Any], components: dict[str, Any], *, llm: Any = None
+) -> Engine:
+    """Rebuild an engine from :func:`engine_components` output read back from disk (``llm``:
+    see :meth:`Engine.load`)."""
     from driftrank.engine._config import EngineConfig
     from driftrank.retrieval._common import EventLog
 
@@ -81,6 +86,7 @@ def restore_engine(cls: type[Engine], manifest: dict[str, Any], components: dict
         "interest": config.interest,
         "reranker": config.reranker,
         "fusion": config.fusion != "reranker",
+        "llm": config.llm,
     }
     for name, wanted in expected.items():
         if bool(wanted) != (name in components):
@@ -130,6 +136,11 @@ def restore_engine(cls: type[Engine], manifest: dict[str, Any], components: dict
         from driftrank.rerank._model import SequenceReranker
 
         engine._reranker = SequenceReranker.from_state(*components["reranker"])
+    if "llm" in components:
+        from driftrank.engine._llm_stage import LLMStage
+
+        llm_state, llm_arrays = components["llm"]
+        engine._llm = LLMStage.from_state(config.llm, llm_state, llm_arrays, llm=llm)
     if "fusion" in components:
         from driftrank.fusion import fuser_from_state
 

@@ -262,6 +262,51 @@ class LabelScorer:
         """
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        embeds, attn, positions, seqs, _, kwargs = self._inputs(prompts, soft, prefix, padding_side)
+        n = len(seqs)
+        keep = 1 if padding_side == "left" else 0
+        out = self.model(
+            inputs_embeds=embeds, attention_mask=attn, position_ids=positions, logits_to_keep=keep, **kwargs
+        )
+        if padding_side == "left":
+            last = out.logits[:, -1, :]
+        else:
+            idx = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
+            last = out.logits[torch.arange(n, device=self.device), idx]
+        return last.index_select(-1, self.label_ids).float()
+
+    def train_logits(self, prompts: Sequence[PromptIds], soft: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Label logits as :meth:`logits` gives them, for training: prompts padded on the right,
+        so no row of the attention is fully masked (left padding makes the padding rows attend
+        to nothing, whose gradients can turn NaN in some attention kernels), and the output
+        head is applied to the label rows only. Models whose head does more than a matmul
+        (logit soft-capping or scaling) take the plain right-padded path."""
+        head = self.model.get_output_embeddings()
+        cfg = getattr(self.model, "config", None)
+        decoder = getattr(self.model, "get_decoder", lambda: None)()
+        special = any(getattr(cfg, a, None) for a in ("final_logit_softcapping", "logit_scale"))
+        if decoder is None or head is None or special:
+            return self.logits(prompts, soft, padding_side="right")
+        embeds, attn, positions, seqs, _, kwargs = self._inputs(prompts, soft, None, "right")
+        hidden = decoder(inputs_embeds=embeds, attention_mask=attn, position_ids=positions, **kwargs)
+        h = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
+        idx = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
+        last = h[torch.arange(len(seqs), device=self.device), idx]
+        w = head.weight.index_select(0, self.label_ids)
+        out = last @ w.T
+        if getattr(head, "bias", None) is not None:
+            out = out + head.bias.index_select(0, self.label_ids)
+        return out.float()
+
+    def _inputs(
+        self,
+        prompts: Sequence[PromptIds],
+        soft: Sequence[torch.Tensor | None],
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        padding_side: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]], int, dict[str, Any]]:
+        """Embedded, padded batch: ``(embeds, attention mask, positions, token lists, prefix
+        length, extra model kwargs)``."""
         start = prompts[0].prefix_len if prefix is not None else 0
         seqs = [p.ids[start:] for p in prompts]
         n = len(seqs)
@@ -302,16 +347,7 @@ class LabelScorer:
         else:
             kwargs["use_cache"] = False
             attn = mask
-        keep = 1 if padding_side == "left" else 0
-        out = self.model(
-            inputs_embeds=embeds, attention_mask=attn, position_ids=positions, logits_to_keep=keep, **kwargs
-        )
-        if padding_side == "left":
-            last = out.logits[:, -1, :]
-        else:
-            idx = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
-            last = out.logits[torch.arange(n, device=self.device), idx]
-        return last.index_select(-1, self.label_ids).float()
+        return embeds, attn, positions, seqs, start, kwargs
 
 
 def enable_checkpointing(model: Any) -> None:
