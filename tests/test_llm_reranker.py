@@ -620,3 +620,20 @@ def test_real_smollm2_scores_a_few_users(ml100k):
         assert np.exp(a.astype(np.float64)).mean() == pytest.approx(1.0, abs=1e-4)
         assert np.ptp(a) > 0.1  # the model does prefer some candidates
     assert any(not np.allclose(a, b, atol=1e-3) for a, b in zip(one, two))  # orders matter
+
+
+def test_llm_modules_import_without_the_rest_of_the_stack():
+    """A GPU scoring box may have torch and transformers only (bench_llm_gpu.py relies on it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('polars', 'faiss', 'implicit', 'lightfm', 'sentence_transformers'): sys.modules[m] = None\n"
+        "from driftrank.rerank import LLMReranker, LLMRerankerConfig\n"
+        "from driftrank.rerank._llm_io import LLMScoreTable, load_llm_batch, save_llm_batch\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -6,8 +6,9 @@ that need them; ``import driftrank`` itself loads nothing but this file.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftrank._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -43,13 +44,4 @@ if TYPE_CHECKING:
     from driftrank.types import Ranking
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'driftrank' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("driftrank", _EXPORTS, globals())

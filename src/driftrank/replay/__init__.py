@@ -6,8 +6,9 @@ Names are loaded on first use, so ``import driftrank.replay`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftrank._lazy import lazy_exports
 
 _EXPORTS = {
     # chronological replay
@@ -84,13 +85,4 @@ if TYPE_CHECKING:
     from driftrank.replay._reward import LogisticConfig, LogisticRewardModel, MeanRewardModel, RewardModel
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'driftrank.replay' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("driftrank.replay", _EXPORTS, globals())

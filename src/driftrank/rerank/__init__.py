@@ -7,35 +7,36 @@ only torch and transformers are installed (a GPU scoring box).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftrank._lazy import lazy_exports
 
 _EXPORTS = {
-    "CachedEncoder": "_encoder",
-    "EmbeddingCache": "_encoder",
-    "HashingEncoder": "_encoder",
-    "HashingEncoderConfig": "_encoder",
-    "SentenceEncoder": "_encoder",
-    "SentenceEncoderConfig": "_encoder",
-    "TextEncoder": "_encoder",
-    "ItemIndex": "_index",
-    "ItemIndexConfig": "_index",
-    "InterestConfig": "_interest",
-    "InterestModel": "_interest",
-    "decay_weights": "_interest",
-    "position_weights": "_interest",
-    "InterestChannel": "_interest_channel",
-    "InterestChannelConfig": "_interest_channel",
-    "SequenceReranker": "_model",
-    "SequenceRerankerConfig": "_model",
-    "SASRec": "_sasrec",
-    "SASRecConfig": "_sasrec",
-    "LLMExample": "_llm",
-    "LLMQuery": "_llm",
-    "LLMReranker": "_llm",
-    "LLMRerankerConfig": "_llm",
-    "build_llm_examples": "_llm",
-    "build_llm_queries": "_llm",
+    "CachedEncoder": "driftrank.rerank._encoder",
+    "EmbeddingCache": "driftrank.rerank._encoder",
+    "HashingEncoder": "driftrank.rerank._encoder",
+    "HashingEncoderConfig": "driftrank.rerank._encoder",
+    "SentenceEncoder": "driftrank.rerank._encoder",
+    "SentenceEncoderConfig": "driftrank.rerank._encoder",
+    "TextEncoder": "driftrank.rerank._encoder",
+    "ItemIndex": "driftrank.rerank._index",
+    "ItemIndexConfig": "driftrank.rerank._index",
+    "InterestConfig": "driftrank.rerank._interest",
+    "InterestModel": "driftrank.rerank._interest",
+    "decay_weights": "driftrank.rerank._interest",
+    "position_weights": "driftrank.rerank._interest",
+    "InterestChannel": "driftrank.rerank._interest_channel",
+    "InterestChannelConfig": "driftrank.rerank._interest_channel",
+    "SequenceReranker": "driftrank.rerank._model",
+    "SequenceRerankerConfig": "driftrank.rerank._model",
+    "SASRec": "driftrank.rerank._sasrec",
+    "SASRecConfig": "driftrank.rerank._sasrec",
+    "LLMExample": "driftrank.rerank._llm",
+    "LLMQuery": "driftrank.rerank._llm",
+    "LLMReranker": "driftrank.rerank._llm",
+    "LLMRerankerConfig": "driftrank.rerank._llm",
+    "build_llm_examples": "driftrank.rerank._llm",
+    "build_llm_queries": "driftrank.rerank._llm",
 }
 
 __all__ = [
@@ -91,13 +92,4 @@ if TYPE_CHECKING:
     from driftrank.rerank._sasrec import SASRec, SASRecConfig
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"driftrank.rerank.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'driftrank.rerank' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("driftrank.rerank", _EXPORTS, globals())
