@@ -176,3 +176,15 @@ def test_scores_computed_elsewhere_replay_exactly(
             np.testing.assert_allclose(a.contributions[g], b.contributions[g], atol=1e-6)
     with pytest.raises(Exception, match="no stored LLM score"):
         LLMScoreTable({}).score(queries[:1])
+
+
+def test_hybrid_llm_pipeline_builds_from_its_toml() -> None:
+    from driftrank.bench._pipelines import PipelineSpec, available, build_pipeline
+
+    assert "hybrid-llm" in available()
+    plain = build_pipeline(PipelineSpec("hybrid-llm", "hybrid-llm", {}), seed=3)
+    assert plain.config.llm == LLMStageConfig() and plain.config.seed == 3
+    root = Path(__file__).resolve().parents[1]
+    spec = PipelineSpec.from_toml(root / "benchmarks" / "configs" / "hybrid-llm.toml")
+    ranker = build_pipeline(spec, seed=0)
+    assert ranker.config.llm.train_positions == 4 and ranker.config.llm.reranker.epochs == 3
