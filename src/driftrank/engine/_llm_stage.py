@@ -280,6 +280,8 @@ class LLMStage:
 
     # -- persistence -----------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(config, arrays)`` of the fine-tuned LM (adapter and projection) and the training
+        report; the base LM is reloaded from its name or path."""
         if self.llm is None or not hasattr(self.llm, "get_state"):
             raise ConfigError("the engine's LLM cannot be saved: it has no get_state()")
         cfg, arrays = self.llm.get_state()
@@ -289,6 +291,8 @@ class LLMStage:
     def from_state(
         cls, config: LLMStageConfig, state: dict[str, Any], arrays: dict[str, np.ndarray], llm: Any = None
     ) -> LLMStage:
+        """Rebuild from :meth:`get_state` output; ``llm`` (a re-ranker built around a model you
+        made) supplies the base model instead of loading ``config.reranker.model``."""
         from driftrank.rerank._llm import LLMReranker
 
         stage = cls(config)

@@ -132,9 +132,11 @@ class LLMScoreTable:
         self.fitted_ = True
 
     def fit(self, examples: Sequence[LLMExample], **kwargs: Any) -> LLMScoreTable:
+        """Nothing to train: the scores come from a model fine-tuned elsewhere."""
         return self
 
     def score(self, queries: Sequence[LLMQuery], **kwargs: Any) -> list[np.ndarray]:
+        """The stored ``float32[len(q.candidates)]`` of each query (``DataError`` when missing)."""
         out = []
         for q in queries:
             k = query_key(q)
@@ -171,6 +173,7 @@ class LLMScoreTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], config: Any = None) -> LLMScoreTable:
+        """Read a file of :meth:`save` (``ModelFileError`` when it is not one)."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 keys, lens, flat = z["keys"].tolist(), z["lengths"], z["scores"]
