@@ -188,3 +188,17 @@ def test_hybrid_llm_pipeline_builds_from_its_toml() -> None:
     spec = PipelineSpec.from_toml(root / "benchmarks" / "configs" / "hybrid-llm.toml")
     ranker = build_pipeline(spec, seed=0)
     assert ranker.config.llm.train_positions == 4 and ranker.config.llm.reranker.epochs == 3
+
+
+def test_cold_start_calls_work_with_the_llm_stage(engine: Engine, data: Dataset) -> None:
+    items = [data.item_ids.ids[i].item() for i in (1, 5, 9)]
+    new = engine.rank(90_001, history=items, k=5)
+    assert len(new.item_ids) == 5 and not set(new.item_ids.tolist()) & set(items)
+    assert np.isfinite(new.contributions["llm"]).any()
+    text = engine.rank(text="topic 1 items", k=5)
+    assert len(text.item_ids) == 5
+    engine.add_items([{"item_id": 10_001, "title": "A brand new item about topic 1"}])
+    again = engine.rank(data.user_ids.ids[2].item(), k=5)
+    assert len(again.item_ids) == 5 and "llm" in again.contributions
+    why = engine.explain(data.user_ids.ids[2].item(), k=3)
+    assert len(why.reasons) == 3 and "llm" in why.ranking.contributions
