@@ -54,6 +54,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from driftrank._atomic import atomic_path
 from driftrank.bench._harness import _atomic_text as write_text
 from driftrank.bench._harness import machine_info
 from driftrank.data import load_dataset
@@ -422,9 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(result, indent=2, default=float))
     write_text(out / "results.md", markdown(result))
-    tmp = out / ".per_user.tmp.npz"
-    np.savez_compressed(tmp, **per_user_all)  # type: ignore[arg-type]
-    os.replace(tmp, out / "per_user.npz")
+    with atomic_path(out / "per_user.npz") as tmp:
+        np.savez_compressed(tmp, **per_user_all)  # type: ignore[arg-type]
     if not args.no_plot:
         plot(result, out / "coldstart.png")
     print(markdown(result))

@@ -38,6 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from driftrank._atomic import write_text_atomic
 from driftrank.bench._harness import machine_info
 from driftrank.data import Dataset, load_dataset
 from driftrank.engine import Engine, EngineConfig
@@ -259,9 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "als": {"factors": 64, "num_threads": args.threads, "implicit_fit_under_threadpool_limits_blas": 1},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(
-        json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8"
-    )
+    write_text_atomic(args.out / "results.json", json.dumps(result, indent=2, default=float) + "\n")
     plot_latency(
         hybrid_s, als_s, args.out / "latency.png", f"{ds.name}: single-user top-{K}, {args.threads} thread(s)"
     )

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from driftrank._atomic import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -235,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 n: r.report().get("seconds", {}).get("llm") for n, r in res.rankers.items() if n != "hybrid"
             },
         }
-        Path(args.out, "hybrid-llm.json").write_text(
-            json.dumps(extra, indent=2, default=float), encoding="utf-8"
-        )
+        write_text_atomic(Path(args.out, "hybrid-llm.json"), json.dumps(extra, indent=2, default=float))
     print(res.table())
     return 0
 

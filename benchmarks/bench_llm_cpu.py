@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from driftrank._atomic import write_text_atomic
+
 # -- shared helpers -------------------------------------------------------------------------------
 
 
@@ -305,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     def dump() -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(result, indent=2))
 
     ds = load_dataset("ml-100k", args.data_home, download=False)
     split = leave_one_out(ds)

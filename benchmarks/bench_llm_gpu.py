@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from driftrank._atomic import write_text_atomic
     from driftrank.rerank._llm import LLMExample, LLMReranker, LLMRerankerConfig
     from driftrank.rerank._llm_io import LLMScoreTable, load_llm_batch, query_key
 
@@ -229,10 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     result["phase_seconds"] = phases
 
     def dump() -> None:
-        tmp = out / ".gpu.json.tmp"
         result["elapsed_s"] = time.perf_counter() - t_start
-        tmp.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
-        os.replace(tmp, out / "gpu.json")
+        write_text_atomic(out / "gpu.json", json.dumps(result, indent=2, default=float))
 
     # -- jobs -------------------------------------------------------------------------------------
     t = time.perf_counter()

@@ -24,6 +24,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from driftrank._atomic import write_text_atomic
+
 
 def _machine() -> dict[str, object]:
     try:
@@ -181,10 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         tables.append("\n".join(lines) + "\n")
         results["simulated_coverage"] = cov
         print(tables[-1])
-    tmp = out / ".ope.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / "ope.json")
-    (out / "ope.md").write_text("\n".join(tables), encoding="utf-8")
+    write_text_atomic(out / "ope.json", json.dumps(results, indent=2, allow_nan=False))
+    write_text_atomic(out / "ope.md", "\n".join(tables))
     primary.plot(out / "ope.png")
     print(f"wrote {out / 'ope.json'}, {out / 'ope.md'} and {out / 'ope.png'}")
     return 0

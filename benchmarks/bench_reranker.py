@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from driftrank._atomic import atomic_path, write_text_atomic
 from driftrank.data import Dataset, load_dataset
 from driftrank.eval import EvalResult, Split, evaluate, kcore, leave_one_out
 from driftrank.rerank._model import SequenceReranker, SequenceRerankerConfig
@@ -84,9 +85,8 @@ def text_vectors(ds: Dataset, cache: Path) -> np.ndarray:
     vec = model.encode(ds.item_texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
     log.info("encoded %d item texts in %.0fs", len(vec), time.perf_counter() - start)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vec.astype(np.float32), allow_pickle=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, vec.astype(np.float32), allow_pickle=False)
     return vec.astype(np.float32)
 
 
@@ -234,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
+from driftrank._atomic import write_text_atomic
 from driftrank.data import Dataset, load_dataset
 from driftrank.eval import leave_one_out, metrics_at, rank_targets, target_ranks
 from driftrank.retrieval import (
@@ -350,10 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["speed"][label] = res
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(result, indent=2, default=float) + "\n")
     print(f"wrote {out}")
     return 0
 

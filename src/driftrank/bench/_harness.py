@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from driftrank._atomic import atomic_path, write_text_atomic
 from driftrank.bench._pipelines import PipelineSpec, build_pipeline
 from driftrank.data import Dataset
 from driftrank.eval import (
@@ -228,9 +229,8 @@ class BenchResult:
                 md += _ablation_markdown(name, res["ablation"])
         _atomic_text(d / "results.md", "\n".join(md))
         arrays = {f"{p}/{m}": v for p, per in self.per_user.items() for m, v in per.items()}
-        tmp = d / ".per_user.tmp.npz"
-        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, d / "per_user.npz")
+        with atomic_path(d / "per_user.npz") as tmp:
+            np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
         if plots:
             from driftrank.bench._plots import plot_results
 
@@ -247,9 +247,7 @@ def _json_default(o: object) -> object:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _latencies(ranker: Any, split: Split, n: int, k: int) -> np.ndarray:

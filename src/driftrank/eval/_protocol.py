@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from driftrank._atomic import atomic_path
 from driftrank.data import Dataset
 from driftrank.eval._metrics import coverage, metrics_at, target_ranks
 from driftrank.eval._split import Split, Targets
@@ -120,14 +121,11 @@ def write_predictions(
     Written to a temporary file and renamed, so a crash leaves no half file.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
     uids = dataset.user_ids.ids
     iids = dataset.item_ids.ids
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(p) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["user_id", "items"])
         for u, row in zip(users, ranked, strict=True):
             w.writerow([uids[u], " ".join(str(iids[i]) for i in row if i >= 0)])
-    os.replace(tmp, p)
     return p

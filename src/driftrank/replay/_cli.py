@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from driftrank._atomic import write_text_atomic
 from driftrank.errors import ConfigError, DriftrankError
 from driftrank.replay._online import Configuration, OnlineRanker, StaticOnline
 
@@ -292,9 +292,7 @@ def run_ope(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".ope.json.tmp"
-    tmp.write_text(json.dumps(study.to_dict(), indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / "ope.json")
+    write_text_atomic(out / "ope.json", json.dumps(study.to_dict(), indent=2, allow_nan=False))
     study.plot(out / "ope.png")
     print(study.table())
     print(f"wrote {out / 'ope.json'} and {out / 'ope.png'}")

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from driftrank._atomic import atomic_path
 from driftrank.errors import ConfigError
 from driftrank.replay._bandit import load_obd
 from driftrank.replay._ope import Estimate, evaluate_policy, on_policy
@@ -144,13 +145,10 @@ class ObdStudy:
         )
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-        fig.savefig(tmp, dpi=90)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        os.replace(tmp, p)
-        return p
+        return Path(path)
 
 
 def run_obd_study(

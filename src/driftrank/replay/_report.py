@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from driftrank._atomic import atomic_path, write_text_atomic
 from driftrank.eval import PairedComparison
 
 if TYPE_CHECKING:
@@ -238,13 +239,10 @@ class ReplayReport:
             f"{int(self.window_events.sum())} events in {len(x)} windows"
         )
         fig.tight_layout()
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-        fig.savefig(tmp, dpi=90)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        os.replace(tmp, p)
-        return p
+        return Path(path)
 
 
 def _num(v: float | int) -> float | int | None:
@@ -258,7 +256,4 @@ def _list(a: np.ndarray) -> list[float | None]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)

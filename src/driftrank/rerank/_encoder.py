@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from driftrank._atomic import write_bytes_atomic
 from driftrank.errors import ConfigError, DataError, ModelFileError
 
 __all__ = [
@@ -149,17 +150,8 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    # A unique temporary name per writer, so two processes filling one cache never collide.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # Unique temporary names per writer, so two processes filling one cache never collide.
+    write_bytes_atomic(path, data, fsync=True)
 
 
 # ---------------------------------------------------------------------- the cache

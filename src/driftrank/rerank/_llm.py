@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
+from driftrank._atomic import atomic_path, write_text_atomic
 from driftrank.errors import ConfigError, DataError, ModelFileError
 from driftrank.types import Ranking
 
@@ -888,22 +888,9 @@ class LLMReranker:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         config, arrays = self.get_state()
-        fd, tmp = tempfile.mkstemp(prefix=".weights.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
-            os.replace(tmp, folder / "weights.safetensors")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(config, fh, indent=2)
-            os.replace(tmp, folder / "config.json")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(folder / "weights.safetensors") as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        write_text_atomic(folder / "config.json", json.dumps(config, indent=2))
         return folder
 
     @classmethod

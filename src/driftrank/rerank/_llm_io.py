@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from driftrank._atomic import atomic_path
 from driftrank.errors import DataError, ModelFileError
 from driftrank.rerank._llm import LLMExample, LLMQuery
 
@@ -89,17 +89,9 @@ def save_llm_batch(
     arrays.update(earr)
     doc = {"format": FORMAT, "version": VERSION, "queries": qmeta, "examples": emeta, "info": info or {}}
     arrays["meta"] = np.array(json.dumps(doc, ensure_ascii=False))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+    return Path(path)
 
 
 def load_llm_batch(path: str | os.PathLike[str]) -> tuple[list[LLMQuery], list[LLMExample], dict[str, Any]]:
@@ -153,23 +145,15 @@ class LLMScoreTable:
     @staticmethod
     def save(path: str | os.PathLike[str], keys: Sequence[str], scores: Sequence[np.ndarray]) -> Path:
         """Write ``keys`` with their score arrays to an ``.npz`` (no pickle), atomically."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         lens = np.array([len(s) for s in scores], dtype=np.int64)
         flat = (
             np.concatenate([np.asarray(s, np.float32) for s in scores])
             if len(scores)
             else np.zeros(0, np.float32)
         )
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, keys=np.array(list(keys), dtype=str), lengths=lens, scores=flat)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return out
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.array(list(keys), dtype=str), lengths=lens, scores=flat)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], config: Any = None) -> LLMScoreTable:
