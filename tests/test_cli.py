@@ -177,3 +177,12 @@ def test_demo_quick_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
     assert "hybrid vs sasrec NDCG@10" in out
     assert "cold start from a text" in out and out.count("=== user") == 2
+
+
+def test_plot_file_names_are_portable_whatever_the_pipeline_name() -> None:
+    from driftrank.bench._plots import file_stem
+
+    assert file_stem("hybrid") == "hybrid"
+    assert file_stem("hybrid-llm (fine_tuned)") == "hybrid-llm_fine_tuned"
+    assert file_stem("a/b\\c d") == "a_b_c_d"
+    assert file_stem("../..") == "pipeline"

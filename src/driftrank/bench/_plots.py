@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,7 +87,14 @@ def plot_results(result: BenchResult, out: Path) -> list[Path]:
         ax.set_xlabel(f"test NDCG@10 minus all signals ({full:.4f})")
         ax.set_title(f"{n}: fusion ablation")
         fig.tight_layout()
-        files.append(out / f"ablation-{n}.png")
+        files.append(out / f"ablation-{file_stem(n)}.png")
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     return files
+
+
+def file_stem(name: str) -> str:
+    """``name`` (a pipeline name, any text) as a portable file-name part: runs of characters
+    other than letters, digits, ``.``, ``_`` and ``-`` become one ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")
+    return stem or "pipeline"
