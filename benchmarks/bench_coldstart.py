@@ -54,8 +54,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from driftrank._atomic import atomic_path
-from driftrank.bench._harness import _atomic_text as write_text
+from driftrank._atomic import atomic_path, write_text_atomic
 from driftrank.bench._harness import machine_info
 from driftrank.data import load_dataset
 from driftrank.engine import Engine, EngineConfig
@@ -421,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(result, indent=2, default=float))
-    write_text(out / "results.md", markdown(result))
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2, default=float))
+    write_text_atomic(out / "results.md", markdown(result))
     with atomic_path(out / "per_user.npz") as tmp:
         np.savez_compressed(tmp, **per_user_all)  # type: ignore[arg-type]
     if not args.no_plot:

@@ -27,11 +27,9 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +37,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrank._atomic import write_text_atomic
+from driftrank._machine import machine_info
 
 # -- shared helpers -------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    """Python, platform, CPU count, load average and library versions, for the record."""
-    versions = {}
-    for pkg in ("driftrank", "numpy", "torch", "transformers", "peft", "sentence-transformers"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "versions": versions,
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
 
 
 class CoVisit:

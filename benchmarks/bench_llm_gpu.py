@@ -28,31 +28,14 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-
-def machine_info() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for pkg in ("torch", "transformers", "peft", "gguf", "numpy"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "versions": versions,
-    }
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -203,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from driftrank._atomic import write_text_atomic
+    from driftrank._machine import machine_info
     from driftrank.rerank._llm import LLMExample, LLMReranker, LLMRerankerConfig
     from driftrank.rerank._llm_io import LLMScoreTable, load_llm_batch, query_key
 

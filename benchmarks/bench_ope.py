@@ -17,37 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 from driftrank._atomic import write_text_atomic
-
-
-def _machine() -> dict[str, object]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    versions = {}
-    for pkg in ("driftrank", "numpy", "scipy", "polars", "matplotlib"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "git_commit": commit,
-        "versions": versions,
-    }
+from driftrank._machine import machine_info
 
 
 def simulated_coverage(n_seeds: int, n_rounds: int) -> list[dict[str, object]]:
@@ -145,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, object] = {"machine": _machine(), "command": " ".join([sys.executable, *sys.argv])}
+    results: dict[str, object] = {"machine": machine_info(), "command": " ".join([sys.executable, *sys.argv])}
     tables = []
     primary = None
     for ci in ("normal", "bootstrap"):

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from driftrank._atomic import atomic_path, write_text_atomic
+from driftrank._machine import machine_info
 from driftrank.bench._pipelines import PipelineSpec, build_pipeline
 from driftrank.data import Dataset
 from driftrank.eval import (
@@ -76,78 +74,6 @@ def candidate_recall(
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    """Machine, library versions and git commit, for the record."""
-    versions: dict[str, str | None] = {}
-    for pkg in (
-        "driftrank",
-        "numpy",
-        "scipy",
-        "polars",
-        "torch",
-        "implicit",
-        "rectools-lightfm",
-        "faiss-cpu",
-        "sentence-transformers",
-        "transformers",
-        "peft",
-    ):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-            ).stdout.strip()
-            or None
-        )
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            ).stdout.strip()
-        )
-    except OSError:
-        commit, dirty = None, False
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "gpu": _gpu_name(),
-        "versions": versions,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _gpu_name() -> str | None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
-    except Exception:
-        return None
-
-
 @dataclass
 class BenchResult:
     """Everything one benchmark run measured; ``to_json()`` is what ``results.json`` holds."""
@@ -197,7 +123,7 @@ class BenchResult:
         """Write ``results.json``, ``results.md``, ``per_user.npz`` and PNG plots into ``out``."""
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_text(d / "results.json", json.dumps(self.to_json(), indent=2, default=_json_default))
+        write_text_atomic(d / "results.json", json.dumps(self.to_json(), indent=2, default=_json_default))
         md = [f"# {self.dataset.get('name')} ({self.protocol})", "", self.table(), ""]
         recall_rows = {k: v["candidate_recall"] for k, v in self.pipelines.items() if "candidate_recall" in v}
         if recall_rows:
@@ -227,7 +153,7 @@ class BenchResult:
         for name, res in self.pipelines.items():
             if "ablation" in res:
                 md += _ablation_markdown(name, res["ablation"])
-        _atomic_text(d / "results.md", "\n".join(md))
+        write_text_atomic(d / "results.md", "\n".join(md))
         arrays = {f"{p}/{m}": v for p, per in self.per_user.items() for m, v in per.items()}
         with atomic_path(d / "per_user.npz") as tmp:
             np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
@@ -244,10 +170,6 @@ def _json_default(o: object) -> object:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
 
 
 def _latencies(ranker: Any, split: Split, n: int, k: int) -> np.ndarray:

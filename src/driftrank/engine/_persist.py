@@ -12,12 +12,12 @@ import os
 import shutil
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from driftrank._machine import package_versions
 from driftrank.errors import ModelFileError
 
 FORMAT = "driftrank-model"
@@ -36,21 +36,9 @@ def _sha256(path: Path) -> str:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for pkg in (
-        "driftrank",
-        "numpy",
-        "torch",
-        "implicit",
-        "rectools-lightfm",
-        "faiss-cpu",
-        "sentence-transformers",
-    ):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(
+        ("driftrank", "numpy", "torch", "implicit", "rectools-lightfm", "faiss-cpu", "sentence-transformers")
+    )
 
 
 def _safe_name(name: str) -> str:
