@@ -29,7 +29,6 @@ Three modes:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -70,30 +69,6 @@ def stage_params(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-class Recorder:
-    """Stands in for the LM: keeps every example and query, scores every candidate 0."""
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.train_log_: list[dict[str, float]] = []
-        self.examples: list[Any] = []
-        self.n_validation = 0
-        self.queries: dict[str, Any] = {}
-
-    def fit(self, examples: Any, validation: Any = None, **kwargs: Any) -> Recorder:
-        """Keep the examples, the validation ones last."""
-        self.examples = list(examples) + list(validation or [])
-        self.n_validation = len(validation or [])
-        return self
-
-    def score(self, queries: Any, **kwargs: Any) -> list[np.ndarray]:
-        from driftrank.rerank._llm_io import query_key
-
-        for q in queries:
-            self.queries.setdefault(query_key(q), q)
-        return [np.zeros(len(q.candidates), np.float32) for q in queries]
-
-
 def load_data(args: argparse.Namespace) -> Any:
     from driftrank.data import load_dataset
 
@@ -116,7 +91,7 @@ def run(
     from driftrank.engine import EngineConfig
     from driftrank.engine._ranker import EngineRanker
 
-    params = {"llm": stage_params(args)}
+    pipeline_params = {"llm": stage_params(args)}
     for name, llm in llm_for.items():
 
         def factory(p: dict[str, Any], seed: int, llm: Any = llm) -> Any:
@@ -124,7 +99,7 @@ def run(
 
         register_pipeline(name, factory)
     specs = [PipelineSpec("hybrid", "hybrid", {})] if baseline else []
-    specs += [PipelineSpec(n, n, params) for n in llm_for]
+    specs += [PipelineSpec(n, n, pipeline_params) for n in llm_for]
     ds = load_data(args)
     res = run_benchmark(
         ds,
@@ -179,29 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from driftrank.engine._llm_stage import LLMStageConfig
 
-    cfg = LLMStageConfig(**{**stage_params(args), "reranker": stage_params(args)["reranker"]})
+    params = stage_params(args)
+    cfg = LLMStageConfig(**params)
     t0 = time.perf_counter()
     if args.mode == "record":
-        from driftrank.rerank._llm_io import save_llm_batch
+        from driftrank.rerank._llm_io import LLMRecorder, save_llm_batch
 
-        # A rerank-only config for the interest shape: the engine's stage fixes it anyway.
-        rec = Recorder(dataclasses.replace(cfg.reranker))
-        res = run(args, {"hybrid-llm": rec}, None, baseline=False)
+        rec = LLMRecorder(cfg.reranker)
+        run(args, {"hybrid-llm": rec}, None, baseline=False)
         path = save_llm_batch(
             args.jobs,
             queries=list(rec.queries.values()),
             examples=rec.examples,
-            info={
-                "args": dict(vars(args)),
-                "stage": stage_params(args),
-                "validation_examples": rec.n_validation,
-            },
+            info={"args": dict(vars(args)), "stage": params, "validation_examples": rec.n_validation},
         )
         print(
             f"recorded {len(rec.examples)} examples and {len(rec.queries)} queries to {path} "
             f"({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.0f} s"
         )
-        del res
         return 0
 
     if args.mode == "evaluate":
@@ -210,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.scores:
             parser.error("evaluate needs --scores")
         _, _, info = load_llm_batch(args.jobs)
-        recorded, mine = info.get("stage", {}), stage_params(args)
+        recorded, mine = info.get("stage", {}), params
         # What shapes the queries must match; training settings may differ (the GPU run can
         # override them, and records the ones it used in its gpu.json).
         shaping = ("model", "window", "max_history", "max_text_chars", "seed")

@@ -132,25 +132,15 @@ def test_scores_computed_elsewhere_replay_exactly(
 ) -> None:
     """The split the GPU benchmark uses: record the LM's inputs, score them in another process
     (here: the same tiny model outside the engine), replay the scores through a fresh fit."""
-    from driftrank.rerank._llm_io import LLMScoreTable, load_llm_batch, query_key, save_llm_batch
+    from driftrank.rerank._llm_io import (
+        LLMRecorder,
+        LLMScoreTable,
+        load_llm_batch,
+        query_key,
+        save_llm_batch,
+    )
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.config = config.llm.reranker
-            self.train_log_: list[dict[str, float]] = []
-            self.examples: list = []
-            self.queries: dict = {}
-
-        def fit(self, examples, validation=None, **kw):
-            self.examples = list(examples) + list(validation or [])
-            return self
-
-        def score(self, queries, **kw):
-            for q in queries:
-                self.queries.setdefault(query_key(q), q)
-            return [np.zeros(len(q.candidates), np.float32) for q in queries]
-
-    rec = Recorder()
+    rec = LLMRecorder(config.llm.reranker)
     uid = [data.user_ids.ids[u].item() for u in range(6)]
     recorded = Engine(config, llm=rec).fit(data)
     recorded.rank_batch(uid, k=5)

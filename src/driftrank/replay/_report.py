@@ -161,7 +161,7 @@ class ReplayReport:
         when given."""
         text = json.dumps(self.to_dict(timing=timing, per_event=per_event), indent=indent, allow_nan=False)
         if path is not None:
-            _atomic_write(Path(path), text)
+            write_text_atomic(path, text)
         return text
 
     def summary(self) -> str:
@@ -253,7 +253,3 @@ def _num(v: float | int) -> float | int | None:
 
 def _list(a: np.ndarray) -> list[float | None]:
     return [None if not math.isfinite(float(x)) else float(x) for x in np.asarray(a, dtype=np.float64)]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    write_text_atomic(path, text)

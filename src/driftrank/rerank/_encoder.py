@@ -149,11 +149,6 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Unique temporary names per writer, so two processes filling one cache never collide.
-    write_bytes_atomic(path, data, fsync=True)
-
-
 # ---------------------------------------------------------------------- the cache
 class EmbeddingCache:
     """Embeddings of one model on disk, keyed by text hash.
@@ -273,11 +268,13 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         if known is None:
             info = {"format_version": CACHE_FORMAT_VERSION, "model": self.model_key, "dim": vectors.shape[1]}
-            _atomic_write(self.folder / "model.json", json.dumps(info, indent=1).encode("utf-8"))
+            write_bytes_atomic(
+                self.folder / "model.json", json.dumps(info, indent=1).encode("utf-8"), fsync=True
+            )
         meta = {"format_version": str(CACHE_FORMAT_VERSION), "model": self.model_key}
         payload = save({"hashes": hashes, "vectors": vectors}, metadata=meta)
         name = f"{hashlib.sha256(hashes.tobytes()).hexdigest()[:24]}-{uuid.uuid4().hex[:8]}.safetensors"
-        _atomic_write(self.folder / name, payload)
+        write_bytes_atomic(self.folder / name, payload, fsync=True)
         if len(self._shards()) > _MAX_SHARDS:
             self.compact()
 
@@ -304,7 +301,9 @@ class EmbeddingCache:
         meta = {"format_version": str(CACHE_FORMAT_VERSION), "model": self.model_key}
         payload = save({"hashes": h[first], "vectors": v[first]}, metadata=meta)
         merged = self.folder / f"merged-{uuid.uuid4().hex[:16]}.safetensors"
-        _atomic_write(merged, payload)  # written before the old shards go, so no entry is ever lost
+        write_bytes_atomic(
+            merged, payload, fsync=True
+        )  # written before the old shards go, so no entry is ever lost
         for p in shards:
             p.unlink(missing_ok=True)
 

@@ -21,7 +21,7 @@ from driftrank._atomic import atomic_path
 from driftrank.errors import DataError, ModelFileError
 from driftrank.rerank._llm import LLMExample, LLMQuery
 
-__all__ = ["LLMScoreTable", "load_llm_batch", "query_key", "save_llm_batch"]
+__all__ = ["LLMRecorder", "LLMScoreTable", "load_llm_batch", "query_key", "save_llm_batch"]
 
 FORMAT = "driftrank-llm-batch"
 VERSION = 1
@@ -110,6 +110,33 @@ def load_llm_batch(path: str | os.PathLike[str]) -> tuple[list[LLMQuery], list[L
     eq = _unpack(doc["examples"], ev)
     examples = [LLMExample(q, int(m["target"])) for q, m in zip(eq, doc["examples"], strict=True)]
     return queries, examples, doc.get("info", {})
+
+
+class LLMRecorder:
+    """Stands in for the LM while the engine fits and ranks: keeps every fine-tuning example
+    (validation ones last, ``n_validation`` of them) and every distinct query it is asked,
+    and scores every candidate 0. What it holds goes to :func:`save_llm_batch`."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config
+        self.train_log_: list[dict[str, float]] = []
+        self.examples: list[LLMExample] = []
+        self.n_validation = 0
+        self.queries: dict[str, LLMQuery] = {}
+
+    def fit(
+        self, examples: Sequence[LLMExample], validation: Sequence[LLMExample] | None = None, **kwargs: Any
+    ) -> LLMRecorder:
+        """Keep the examples, the validation ones last."""
+        self.examples = list(examples) + list(validation or [])
+        self.n_validation = len(validation or [])
+        return self
+
+    def score(self, queries: Sequence[LLMQuery], **kwargs: Any) -> list[np.ndarray]:
+        """Keep each query (by :func:`query_key`); zeros as scores."""
+        for q in queries:
+            self.queries.setdefault(query_key(q), q)
+        return [np.zeros(len(q.candidates), np.float32) for q in queries]
 
 
 class LLMScoreTable:
