@@ -115,7 +115,8 @@ def train_loop(
     evaluations in a row did not improve on the best, and the best weights are restored.
     """
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # foreach: one multi-tensor update per step (the per-tensor loop is torch's CPU default).
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     best_score: float | None = None
     best_epoch = 0
     best_state: dict[str, torch.Tensor] | None = None
