@@ -525,3 +525,50 @@ def test_written_out_training_attention_equals_the_fused_kernel() -> None:
     train_out = block.train()(x, allowed)
     eval_out = block.eval()(x, allowed)
     torch.testing.assert_close(train_out, eval_out, rtol=1e-5, atol=1e-6)
+
+
+def test_served_states_are_memoised_per_history_window(
+    fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import driftrank.rerank._model as model_module
+
+    model = SequenceReranker.from_state(*fitted.get_state())
+    net = model.net_
+    assert net is not None
+    encoded: list[int] = []
+    encode = net.encode
+    monkeypatch.setattr(
+        net,
+        "encode",
+        lambda table, items, *a, **k: encoded.append(len(items)) or encode(table, items, *a, **k),
+    )
+    users = np.array([5, 0, 17, 33, 5, 59], dtype=np.int64)
+    cands = some_candidates(small_drifting, users)
+    at = small_drifting.timestamps.max() + np.arange(len(users)) * 86400.0
+    first = model.score(users, cands, at)
+    # User 5 twice in one batch: each distinct window is encoded.
+    assert sum(encoded) == 6 and model._memo is not None and len(model._memo[1]) == 5
+    # Other request times, same windows: nothing is encoded again, and the scores are those
+    # of a model without the memo (time enters after the transformer).
+    later = at + 3600.0
+    again = model.score(users, cands, later)
+    assert sum(encoded) == 6
+    model.clear_memo()
+    np.testing.assert_allclose(again, model.score(users, cands, later), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first, model.score(users, cands, at), rtol=1e-5, atol=1e-6)
+    assert sum(encoded) == 6 + 6  # refilled by the first call after clear_memo
+    # A new event changes the user's window: it is encoded on the next request.
+    items, _ = small_drifting.sequences.user(0)
+    model.observe(np.array([0]), items[:1], np.array([at.max() + 86400.0]))
+    before = sum(encoded)
+    model.score(np.array([0]), [np.arange(10)])
+    assert sum(encoded) == before + 1
+    # New items change the tables: a new memo.
+    memo = model._memo
+    model.extend_items(np.ones((1, model.net_.text.shape[1]), np.float32))
+    model.score(np.array([0]), [np.arange(10)])
+    assert model._memo is not memo and model._memo is not None and len(model._memo[1]) == 1
+    # The memo is bounded: the oldest windows go first.
+    monkeypatch.setattr(model_module, "_STATE_MEMO_ENTRIES", 3)
+    model.score(np.arange(8, dtype=np.int64), [np.arange(5)] * 8)
+    assert len(model._memo[1]) == 3

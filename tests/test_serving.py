@@ -257,3 +257,10 @@ def test_engine_caches_follow_observe_and_add_items(saved_engine: tuple[Path, Da
     warm.save(path.parent / "updated")
     again = Engine.load(path.parent / "updated")
     _same([again.rank(u, k=10) for u in users], [warm.rank(u, k=10) for u in users])
+    # clear_caches forgets the encoded histories; they are recomputed to the same rankings
+    warm.clear_caches()
+    again.clear_caches()
+    _same(warm.rank_batch(users, k=10), again.rank_batch(users, k=10))
+    assert [r.item_ids.tolist() for r in warm.rank_batch(users, k=10)] == [
+        r.item_ids.tolist() for r in again.rank_batch(users, k=10)
+    ]

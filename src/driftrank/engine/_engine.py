@@ -906,6 +906,13 @@ class Engine:
         """What ``fit`` measured: seconds per stage, held-out candidate recall, fusion report."""
         return dict(self._require().fit_report)
 
+    def clear_caches(self) -> None:
+        """Forget what serving memoises per request: the re-ranker's encoded user histories,
+        computed once per history and reused until the user's next event. The next requests
+        recompute it (as a user's first request after ``fit`` does). Rankings do not change."""
+        if self._reranker is not None:
+            self._reranker.clear_memo()
+
     def history(self, user: object) -> pl.DataFrame:
         """A user's known events, oldest first: ``item_id``, ``title``, ``timestamp``."""
         with self._lock.read():

@@ -6,7 +6,10 @@ that need it, so importing this module (and ``driftrank.rerank``) does not load 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -46,6 +49,8 @@ FORMAT = "driftrank.SequenceReranker/1"
 # Upper bound on the elements of one candidate-attention tensor [rows, candidates, L, heads]
 # while serving; bounds memory (~32 MB per intermediate) without making batches tiny.
 _CHUNK_ELEMENTS = 1 << 23
+# Serving keeps the transformer state of up to this many history windows (64 floats each).
+_STATE_MEMO_ENTRIES = 200_000
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,9 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         super().__init__()
         # (net, its tensors, their versions, item tables) of the last serving call.
         self._tables_cache: tuple[Any, ...] | None = None
+        # (item tables, {window key: transformer state at its latest event}); see _state_memo.
+        self._memo: tuple[Any, dict[bytes, torch.Tensor]] | None = None
+        self._memo_lock = threading.Lock()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -629,9 +637,74 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             warnings.warn(msg + " (skipped)", stacklevel=3)
         return items_a[~bad], times_a[~bad], np.flatnonzero(~bad)
 
-    @staticmethod
+    def _state_memo(self, net: RerankerNet, tables: Any) -> dict[bytes, torch.Tensor] | None:
+        """Transformer states of the served net by history window, or ``None`` for any other net.
+
+        The state at a window's latest event depends only on the window (its items and the gaps
+        between them) and the weights, not on the request time, so serving computes it once per
+        window, like the user factors of a factor model: a user's requests re-encode their
+        history only after new events. The memo belongs to one ``tables`` object of
+        :meth:`_item_tables`, so anything that changes the weights or the catalog starts a new
+        one. Holds at most ``_STATE_MEMO_ENTRIES`` windows (oldest dropped first).
+        """
+        hit = self._tables_cache
+        if net is not self.net_ or hit is None or hit[3] is not tables:
+            return None
+        memo = self._memo
+        if memo is None or memo[0] is not tables:
+            memo = (tables, {})
+            self._memo = memo
+        return memo[1]
+
+    def clear_memo(self) -> None:
+        """Forget the memoised transformer states of served history windows (see
+        :meth:`_state_memo`); later requests recompute them. Frees their memory."""
+        self._memo = None
+
+    def _latest_states(
+        self,
+        net: RerankerNet,
+        table: torch.Tensor,
+        items: np.ndarray,
+        times: np.ndarray,
+        lengths: np.ndarray,
+        memo: dict[bytes, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Transformer states ``[n, d]`` at the latest position of windows ``items: int64[n, L]``
+        (times in unix seconds), from ``memo`` where it has them."""
+        import torch
+
+        last = np.where(lengths > 0, times[:, -1], 0.0)
+        rel = torch.from_numpy(np.where(items >= 0, relative_days(times, last), 0.0).astype(np.float32))
+        it = torch.from_numpy(items)
+        if memo is None:
+            return net.encode(table, it, rel, it >= 0)[0][:, -1]
+        keys = [
+            hashlib.blake2b(items[r].tobytes() + times[r].tobytes(), digest_size=16).digest()
+            for r in range(len(items))
+        ]
+        found: list[torch.Tensor | None] = [memo.get(k) for k in keys]
+        miss = [r for r, v in enumerate(found) if v is None]
+        if miss:
+            rows = torch.as_tensor(miss)
+            fresh = net.encode(table, it[rows], rel[rows], it[rows] >= 0)[0][:, -1].clone()
+            with self._memo_lock:
+                for j, r in enumerate(miss):
+                    found[r] = memo[keys[r]] = fresh[j]
+                excess = len(memo) - _STATE_MEMO_ENTRIES
+                if excess > 0:
+                    for k in list(itertools.islice(iter(memo), excess)):
+                        memo.pop(k, None)
+        return torch.stack(found)  # type: ignore[arg-type]
+
     def _forward_rows(
-        net: RerankerNet, table: torch.Tensor, windows: Windows, at: np.ndarray | None, rows: slice
+        self,
+        net: RerankerNet,
+        table: torch.Tensor,
+        windows: Windows,
+        at: np.ndarray | None,
+        rows: slice,
+        memo: dict[bytes, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(u, gap, visible, eh)`` for a slice of window rows, queried at their request times."""
         import torch
@@ -649,9 +722,10 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         n = items.shape[0]
         qpos = torch.full((n, 1), items.shape[1] - 1, dtype=torch.int64)
         qtime = torch.zeros(n, 1)
-        states, eh = net.encode(table, it, rel, valid)
+        state = self._latest_states(net, table, items, times, lengths, memo)
+        eh = net.history_vectors(table, it, valid)
         gap, visible = net.context(rel, valid, qpos, qtime)
-        u = net.query(states, eh, gap, visible, qpos)
+        u = net.query_from(state[:, None, :], eh, gap, visible, qpos)
         return u, gap, visible, eh
 
     def _catalog_scores(
@@ -666,9 +740,10 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         chunk = max(1, _CHUNK_ELEMENTS // per_row)
         with torch.inference_mode():
             tables = self._item_tables(net)
+            memo = self._state_memo(net, tables)
             for s in range(0, n, chunk):
                 rows = slice(s, min(n, s + chunk))
-                u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows)
+                u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows, memo)
                 out[rows] = net.scores(u, gap, visible, eh, tables)[:, 0].numpy()
         cold = windows.lengths == 0
         if cold.any():
@@ -688,6 +763,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         s = 0
         with torch.inference_mode():
             tables = self._item_tables(net)
+            memo = self._state_memo(net, tables)
             while s < n:
                 # Grow the chunk while the padded [rows, max count, L, heads] tensor stays small.
                 e, widest = s + 1, max(1, int(counts[s]))
@@ -698,7 +774,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                 cand = np.zeros((e - s, widest), dtype=np.int64)
                 for r in range(s, e):
                     cand[r - s, : counts[r]] = lists[r]
-                u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows)
+                u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows, memo)
                 ct = torch.from_numpy(cand)[:, None, :]
                 sc = net.scores(u, gap, visible, eh, tables, ct)[:, 0].numpy()
                 for r in range(s, e):

@@ -246,8 +246,7 @@ class RerankerNet(nn.Module):
         ``masked: bool[B, L]`` replaces those inputs by a mask token and attends both ways
         (masked-item pre-training); otherwise attention is causal.
         """
-        # nnf.embedding, not table[items]: the same values, and its backward is faster on CPU.
-        eh = nnf.embedding(items.clamp_min(0), table) * valid[..., None]
+        eh = self.history_vectors(table, items, valid)
         x = eh
         if masked is not None:
             x = torch.where(masked[..., None], self.mask_token.expand_as(eh), eh)
@@ -276,10 +275,21 @@ class RerankerNet(nn.Module):
         gap = (qtime[..., None] - times[:, None, :]).clamp_min(0.0)
         return gap, visible
 
+    @staticmethod
+    def history_vectors(table: Tensor, items: Tensor, valid: Tensor) -> Tensor:
+        """Item vectors ``[B, L, d]`` of a history (zeros at padding)."""
+        # nnf.embedding, not table[items]: the same values, and its backward is faster on CPU.
+        return nnf.embedding(items.clamp_min(0), table) * valid[..., None]
+
     def query(self, states: Tensor, eh: Tensor, gap: Tensor, visible: Tensor, qpos: Tensor) -> Tensor:
         """The user vector ``u: [B, Q, d]`` of each query (see the class docstring)."""
         d = states.shape[-1]
-        u = torch.gather(states, 1, qpos[..., None].expand(-1, -1, d))
+        return self.query_from(
+            torch.gather(states, 1, qpos[..., None].expand(-1, -1, d)), eh, gap, visible, qpos
+        )
+
+    def query_from(self, u: Tensor, eh: Tensor, gap: Tensor, visible: Tensor, qpos: Tensor) -> Tensor:
+        """:meth:`query` given the transformer states at the query positions, ``u: [B, Q, d]``."""
         if self.interest is not None:
             u = u + self.interest(decayed_interests(gap, visible, eh, self.log_tau).flatten(2))
         last_gap = torch.gather(gap, 2, qpos[..., None]).squeeze(-1)
