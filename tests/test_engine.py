@@ -202,6 +202,27 @@ def test_same_seed_same_engine(data: Dataset) -> None:
     np.testing.assert_allclose(a.scores, b.scores)
 
 
+def test_engine_seed_moves_every_component(data: Dataset) -> None:
+    from dataclasses import replace
+
+    cfg = small_config(fusion_config=FusionConfig(max_epochs=5))
+    base = Engine(cfg)
+    base._build_components(np.zeros((data.n_items, 8), np.float32))
+    other = Engine(replace(cfg, seed=3))
+    other._build_components(np.zeros((data.n_items, 8), np.float32))
+    assert other._reranker.config.seed == base._reranker.config.seed + 3
+    assert other._fuser.config.seed == base._fuser.config.seed + 3
+    seeds = {ch.name: getattr(ch.config, "random_state", None) for ch in other._merger.channels}
+    for ch in base._merger.channels:
+        if seeds[ch.name] is not None:
+            assert seeds[ch.name] == ch.config.random_state + 3
+    # and it changes the fitted model
+    u = data.user_ids.ids[0]
+    a = Engine(cfg).fit(data).rank(u, k=10)
+    b = Engine(replace(cfg, seed=3)).fit(data).rank(u, k=10)
+    assert not np.allclose(a.scores, b.scores)
+
+
 def test_config_round_trip(tmp_path: Path) -> None:
     cfg = small_config()
     assert EngineConfig.from_dict(cfg.to_dict()) == cfg

@@ -9,7 +9,7 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -318,7 +318,9 @@ class Engine:
             "covisit": CovisitChannel,
             "popularity": PopularityChannel,
         }
-        channels = [cls(getattr(cfg, k)) for k, cls in kinds.items() if getattr(cfg, k) is not None]
+        channels = [
+            cls(self._seeded(getattr(cfg, k))) for k, cls in kinds.items() if getattr(cfg, k) is not None
+        ]
         names = [ch.name for ch in channels]
         if cfg.interest is not None:
             from driftrank.rerank._interest_channel import InterestChannel
@@ -338,19 +340,34 @@ class Engine:
         if cfg.reranker is not None:
             from driftrank.rerank._model import SequenceReranker
 
-            self._reranker = SequenceReranker(cfg.reranker)
+            self._reranker = SequenceReranker(self._seeded(cfg.reranker))
         if cfg.llm is not None:
             from driftrank.engine._llm_stage import LLMStage
 
             self._llm = LLMStage(cfg.llm, llm=self._llm_given)
         self._fuser = self._make_fuser()
 
+    def _seeded(self, component: Any) -> Any:
+        """``component``'s config with ``config.seed`` added to its own seed (``seed`` or
+        ``random_state``), so that the engine's seed moves every stochastic part and seed 0
+        keeps the components' seeds as configured."""
+        offset = self.config.seed
+        for name in ("seed", "random_state"):
+            if (
+                offset
+                and is_dataclass(component)
+                and not isinstance(component, type)
+                and hasattr(component, name)
+            ):
+                return replace(component, **{name: getattr(component, name) + offset})
+        return component
+
     def _make_fuser(self) -> Any:
         cfg = self.config
         if cfg.fusion == "gated":
             from driftrank.fusion import FusionModel
 
-            return FusionModel(cfg.fusion_config)
+            return FusionModel(self._seeded(cfg.fusion_config))
         if cfg.fusion == "linear":
             from driftrank.fusion import LinearFusion, LinearFusionConfig
 
