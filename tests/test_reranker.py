@@ -572,3 +572,29 @@ def test_served_states_are_memoised_per_history_window(
     monkeypatch.setattr(model_module, "_STATE_MEMO_ENTRIES", 3)
     model.score(np.arange(8, dtype=np.int64), [np.arange(5)] * 8)
     assert len(model._memo[1]) == 3
+
+
+def test_early_stopping_waits_for_min_epochs() -> None:
+    import torch
+
+    from driftrank.rerank._train import train_loop
+
+    net = torch.nn.Linear(2, 1)
+
+    def run(min_epochs: int) -> tuple[int, int]:
+        scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01, 0.0])  # only worse after epoch 1
+        epochs, best, _, _ = train_loop(
+            net,
+            epochs=8,
+            lr=1e-3,
+            weight_decay=0.0,
+            batches=lambda e: [torch.ones(4, 2)],
+            step=lambda b: net(b).pow(2).mean(),
+            validate=lambda: next(scores),
+            patience=1,
+            min_epochs=min_epochs,
+        )
+        return epochs, best
+
+    assert run(0) == (2, 1)  # stops at the first evaluation without improvement
+    assert run(5) == (5, 1)  # the same scores, but not before epoch 5; the best weights stay epoch 1

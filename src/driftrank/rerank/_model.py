@@ -74,6 +74,10 @@ class SequenceRerankerConfig:
         max_epochs, patience, eval_every, early_stopping: stop once validation NDCG@10 has not
             improved for ``patience`` evaluations (one every ``eval_every`` epochs) and keep the
             best weights; without early stopping, train ``max_epochs`` on all the data.
+        min_epochs: never stop early before this epoch. Validation NDCG@10 of a few hundred
+            users is noisy and can stall for a few epochs while the loss still falls (on
+            ml-latest-small it did at epochs 4-6, then rose again), so a short patience alone
+            can stop far too soon.
         stride: training windows of ``max_len + 1`` events end at each user's last event and,
             with a stride, every ``stride`` events before (``None``: the last window only).
         listwise_positions: positions per window that also get the listwise loss over the
@@ -110,6 +114,7 @@ class SequenceRerankerConfig:
     batch_size: int = 32
     max_epochs: int = 40
     patience: int = 3
+    min_epochs: int = 10
     eval_every: int = 1
     early_stopping: bool = True
     stride: int | None = 50
@@ -145,7 +150,7 @@ class SequenceRerankerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("n_hard", "n_random", "pretrain_epochs", "seed"):
+        for name in ("n_hard", "n_random", "pretrain_epochs", "seed", "min_epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
@@ -345,6 +350,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                 step=lambda b: _next_item_loss(net, b, cfg.listwise_weight),
                 validate=validate,
                 patience=cfg.patience,
+                min_epochs=cfg.min_epochs,
                 eval_every=cfg.eval_every,
                 progress=cfg.progress,
                 desc="rerank",

@@ -102,6 +102,7 @@ def train_loop(
     step: Callable[[Any], torch.Tensor],
     validate: Callable[[], float] | None = None,
     patience: int = 10,
+    min_epochs: int = 0,
     eval_every: int = 1,
     progress: bool = False,
     desc: str = "train",
@@ -112,7 +113,8 @@ def train_loop(
     ``batches(epoch)`` yields the epoch's batches (it owns shuffling and sampling, seeded by the
     caller); ``step(batch)`` returns the scalar loss. With ``validate`` (higher is better,
     called under ``torch.inference_mode`` in eval mode) training stops once ``patience``
-    evaluations in a row did not improve on the best, and the best weights are restored.
+    evaluations in a row did not improve on the best (never before epoch ``min_epochs``), and
+    the best weights are restored.
     """
     params = [p for p in net.parameters() if p.requires_grad]
     # foreach: one multi-tensor update per step (the per-tensor loop is torch's CPU default).
@@ -165,7 +167,7 @@ def train_loop(
             ndcg=f"{record.get('ndcg@10', math.nan):.4f}",
             best=f"{best_score if best_score is not None else math.nan:.4f}",
         )
-        if validate is not None and bad >= patience:
+        if validate is not None and bad >= patience and epoch >= min_epochs:
             log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch, best_epoch)
             break
     bar.close()
