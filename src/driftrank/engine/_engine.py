@@ -352,13 +352,10 @@ class Engine:
         ``random_state``), so that the engine's seed moves every stochastic part and seed 0
         keeps the components' seeds as configured."""
         offset = self.config.seed
+        if not offset or not is_dataclass(component) or isinstance(component, type):
+            return component
         for name in ("seed", "random_state"):
-            if (
-                offset
-                and is_dataclass(component)
-                and not isinstance(component, type)
-                and hasattr(component, name)
-            ):
+            if hasattr(component, name):
                 return replace(component, **{name: getattr(component, name) + offset})
         return component
 

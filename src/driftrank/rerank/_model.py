@@ -674,17 +674,19 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         items: np.ndarray,
         times: np.ndarray,
         lengths: np.ndarray,
+        it: torch.Tensor,
+        valid: torch.Tensor,
         memo: dict[bytes, torch.Tensor] | None,
     ) -> torch.Tensor:
         """Transformer states ``[n, d]`` at the latest position of windows ``items: int64[n, L]``
-        (times in unix seconds), from ``memo`` where it has them."""
+        (times in unix seconds; ``it`` and ``valid`` are the items as a tensor and ``it >= 0``),
+        from ``memo`` where it has them."""
         import torch
 
         last = np.where(lengths > 0, times[:, -1], 0.0)
         rel = torch.from_numpy(np.where(items >= 0, relative_days(times, last), 0.0).astype(np.float32))
-        it = torch.from_numpy(items)
         if memo is None:
-            return net.encode(table, it, rel, it >= 0)[0][:, -1]
+            return net.encode(table, it, rel, valid)[0][:, -1]
         keys = [
             hashlib.blake2b(items[r].tobytes() + times[r].tobytes(), digest_size=16).digest()
             for r in range(len(items))
@@ -693,7 +695,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         miss = [r for r, v in enumerate(found) if v is None]
         if miss:
             rows = torch.as_tensor(miss)
-            fresh = net.encode(table, it[rows], rel[rows], it[rows] >= 0)[0][:, -1].clone()
+            fresh = net.encode(table, it[rows], rel[rows], valid[rows])[0][:, -1].clone()
             with self._memo_lock:
                 for j, r in enumerate(miss):
                     found[r] = memo[keys[r]] = fresh[j]
@@ -728,7 +730,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         n = items.shape[0]
         qpos = torch.full((n, 1), items.shape[1] - 1, dtype=torch.int64)
         qtime = torch.zeros(n, 1)
-        state = self._latest_states(net, table, items, times, lengths, memo)
+        state = self._latest_states(net, table, items, times, lengths, it, valid, memo)
         eh = net.history_vectors(table, it, valid)
         gap, visible = net.context(rel, valid, qpos, qtime)
         u = net.query_from(state[:, None, :], eh, gap, visible, qpos)
