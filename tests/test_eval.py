@@ -79,6 +79,45 @@ def test_topk_matches_full_sort_and_excludes(n_items: int, k: int, seed: int) ->
         assert not any(exclude[row, i] for i in got)
 
 
+@given(st.integers(1, 60), st.integers(1, 70), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_topk_equals_stable_full_sort_on_mixed_rows(n_items: int, k: int, seed: int) -> None:
+    # Rows of distinct scores (the fast unstable sort), of ties across the k-th place, and of
+    # NaN/inf; every row must match the first k of a stable full sort, scores included.
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((6, n_items))
+    scores[1] = rng.integers(0, 3, n_items)
+    scores[2] = 1.0
+    scores[3, rng.random(n_items) < 0.4] = np.nan
+    scores[4, rng.random(n_items) < 0.3] = -np.inf
+    scores[5, rng.random(n_items) < 0.3] = np.inf
+    r = topk(scores, k)
+    for row in range(6):
+        finite = np.flatnonzero(np.isfinite(scores[row]))
+        expect = finite[np.argsort(-scores[row, finite], kind="stable")][:k]
+        got = r.items[row][r.items[row] >= 0]
+        np.testing.assert_array_equal(got, expect)
+        np.testing.assert_array_equal(r.scores[row][: len(got)], scores[row, expect].astype(np.float32))
+        assert np.all(np.isnan(r.scores[row][len(got) :]))
+
+
+@given(st.integers(1, 40), st.integers(1, 50), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_topk_of_one_broadcast_row_equals_topk_of_its_copies(n_items: int, k: int, seed: int) -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    row = rng.integers(0, 4, n_items).astype(np.float32)  # ties
+    row[rng.random(n_items) < 0.2] = np.nan
+    exclude = sp.csr_matrix((rng.random((5, n_items)) < 0.4).astype(np.float32))
+    shared = topk(np.broadcast_to(row, (5, n_items)), k, exclude)
+    copies = topk(np.tile(row, (5, 1)), k, exclude)
+    np.testing.assert_array_equal(shared.items, copies.items)
+    np.testing.assert_array_equal(shared.scores, copies.scores)
+    coords = exclude.nonzero()
+    np.testing.assert_array_equal(topk(np.broadcast_to(row, (5, n_items)), k, coords).items, copies.items)
+
+
 @given(st.lists(st.lists(st.integers(0, 6), min_size=1, max_size=12), min_size=1, max_size=8))
 @settings(max_examples=60, deadline=None)
 def test_split_partitions_in_time_order(histories: list[list[int]]) -> None:

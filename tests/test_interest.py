@@ -175,14 +175,26 @@ def test_trajectory_and_vector_for_history(small_drifting: Dataset) -> None:
     np.testing.assert_allclose(pos.vector_for_history(items), pos.vectors(np.array([4]))[0], atol=1e-6)
 
 
-def test_similarity_is_cosine_to_each_scale(small_drifting: Dataset) -> None:
+@pytest.mark.parametrize("path", ["catalog-product", "gather"])
+def test_similarity_is_cosine_to_each_scale(
+    small_drifting: Dataset, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import driftrank.rerank._interest as interest_mod
+
     ds = small_drifting
+    # Tiny blocks so that both paths run several chunks (two users' scores, three candidates).
+    monkeypatch.setattr(interest_mod, "_DENSE_SIMILARITY", 10**9 if path == "catalog-product" else 0)
+    monkeypatch.setattr(interest_mod, "_SIMILARITY_BLOCK", 2 * 2 * ds.n_items)
+    monkeypatch.setattr(interest_mod, "_SIMILARITY_ROWS", 3)
     vecs = HashingEncoder().encode(ds.item_texts)
     model = InterestModel(InterestConfig(half_lives_days=(1.0, 30.0))).fit(ds, vecs)
-    users, items = np.array([0, 0, 5, 9]), np.array([3, 7, 7, 0])
-    sim = model.similarity(users, items)
-    v = model.vectors(users)
-    ref = np.einsum("msd,md->ms", v / np.linalg.norm(v, axis=2, keepdims=True), vecs[items])
+    users, items = np.array([0, 0, 5, 9, 5, 2, 0]), np.array([3, 7, 7, 0, 1, 4, 7])
+    at = np.array([np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, ds.timestamps.min()])
+    sim = model.similarity(users, items, at)
+    assert sim.shape == (7, 2) and sim.dtype == np.float32
+    v = model.vectors(users, at)
+    norm = np.linalg.norm(v, axis=2, keepdims=True)
+    ref = np.einsum("msd,md->ms", v / np.where(norm > 0, norm, 1.0), vecs[items])
     np.testing.assert_allclose(sim, ref, atol=1e-6)
 
 

@@ -527,6 +527,68 @@ def test_written_out_training_attention_equals_the_fused_kernel() -> None:
     torch.testing.assert_close(train_out, eval_out, rtol=1e-5, atol=1e-6)
 
 
+def test_last_position_encoding_equals_the_full_encoding() -> None:
+    import torch
+
+    from driftrank.rerank._seqnets import CausalEncoder
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    enc = CausalEncoder(16, 3, 2, 0.0, 32).eval()
+    x = torch.randn(4, 9, 16)
+    valid = torch.ones(4, 9, dtype=torch.bool)
+    valid[0, :5] = False  # left padding
+    valid[1, :8] = False  # one event
+    with torch.inference_mode():
+        full = enc(x, valid)
+        last = enc(x, valid, last_only=True)
+    assert last.shape == (4, 1, 16)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_served_candidate_scores_equal_the_training_path(heads: int) -> None:
+    import torch
+
+    from driftrank.rerank._seqnets import RerankerNet
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = RerankerNet(
+        torch.randn(40, 12),
+        (torch.arange(40) < 30).float(),
+        dim=16,
+        n_layers=1,
+        heads=2,
+        attention_heads=heads,
+        max_len=8,
+        dropout=0.0,
+        half_lives_days=(1.0, 30.0),
+        learn_half_lives=True,
+        n_buckets=6,
+        candidate_attention=True,
+    ).eval()
+    for p in net.parameters():  # att_o and att_gap start at zero: make every term count
+        torch.nn.init.normal_(p, std=0.3)
+    b, n, nq, c = 3, 8, 2, 5
+    items = torch.randint(0, 40, (b, n))
+    items[0, :3] = -1
+    valid = items >= 0
+    times = torch.sort(torch.rand(b, n) * 10, dim=1).values
+    tables = net.item_tables()
+    eh = net.history_vectors(tables[0], items, valid)
+    qpos = torch.tensor([[5, 7], [7, 7], [2, 6]])
+    gap, visible = net.context(times, valid, qpos, torch.full((b, nq), 11.0))
+    u = torch.randn(b, nq, 16)
+    cand = torch.randint(0, 40, (b, nq, c))
+    with torch.no_grad():
+        served = net.scores(u, gap, visible, eh, tables, cand)
+    with torch.enable_grad():
+        trained = net.scores(u, gap, visible, eh, tables, cand)
+    assert served.shape == (b, nq, c)
+    torch.testing.assert_close(served, trained.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_served_states_are_memoised_per_history_window(
     fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from driftrank.data import Dataset, make_drifting
@@ -318,6 +320,80 @@ def test_merge_zero_quota_adds_no_items_but_keeps_scores():
     assert c.counts().tolist() == [2, 1]
     assert c.items.tolist() == [1, 2, 7]
     np.testing.assert_array_equal(c.ranks[:, 1], [np.nan, 0, 1])
+
+
+def _merge_reference(lists, quotas, n, order, rrf_k):
+    """Per user in plain Python: the merged sequence, first appearances, RRF totals, order."""
+    out = []
+    n_ch, depth = len(lists), max(r.items.shape[1] for r in lists)
+    for row in range(lists[0].items.shape[0]):
+        seq = []  # (sort key within the sequence, channel, rank, item)
+        for c, r in enumerate(lists):
+            for j in range(r.items.shape[1]):
+                item = int(r.items[row, j])
+                if item < 0 or quotas[c] <= 0:
+                    continue
+                key = (j + 1) / quotas[c] if order == "quota" else float(j)
+                seq.append((key, c, j, item))
+        seq.sort(key=lambda e: (e[0], e[1], e[2]) if order == "quota" else (e[2], e[1]))
+        first, total = {}, {}
+        for pos, (_, c, j, item) in enumerate(seq):
+            first.setdefault(item, pos)
+            total[item] = total.get(item, 0.0) + quotas[c] / (rrf_k + j + 1.0)
+        if order == "quota":
+            ranked = sorted(first, key=lambda i: first[i])
+        else:
+            ranked = sorted(
+                first, key=lambda i: (-total[i] + 1e-12 * first[i] / max(1, n_ch * depth), first[i])
+            )
+        for item in ranked[:n]:
+            ch = [
+                (c, j, r.scores[row, j])
+                for c, r in enumerate(lists)
+                for j in range(r.items.shape[1])
+                if r.items[row, j] == item
+            ]
+            out.append((row, item, ch))
+    return out
+
+
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["quota", "rrf"]), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_merge_equals_plain_reference(seed, order, sparse_path):
+    import driftrank.retrieval._merge as merge_mod
+
+    rng = np.random.default_rng(seed)
+    b, n_ch, n_items = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(3, 30))
+    lists = []
+    for _ in range(n_ch):
+        depth = int(rng.integers(1, n_items + 1))
+        items = np.full((b, depth), -1, dtype=np.int64)
+        for row in range(b):
+            got = rng.permutation(n_items)[: int(rng.integers(0, depth + 1))]
+            items[row, : len(got)] = got
+        lists.append(
+            Ranking(items, np.where(items >= 0, rng.standard_normal(items.shape), np.nan).astype(np.float32))
+        )
+    quotas = rng.choice([0.0, 0.5, 1.0, 2.0], size=n_ch)
+    n = int(rng.integers(1, n_items + 3))
+    rrf_k = float(rng.choice([0.0, 60.0]))
+    saved = merge_mod._DENSE_SLOTS, merge_mod._DENSE_PER_PAIR
+    if sparse_path:  # the sorting path large catalogs take
+        merge_mod._DENSE_SLOTS, merge_mod._DENSE_PER_PAIR = 0, 0
+    try:
+        c = merge_rankings(np.arange(b), lists, tuple(f"c{i}" for i in range(n_ch)), quotas, n, order, rrf_k)
+    finally:
+        merge_mod._DENSE_SLOTS, merge_mod._DENSE_PER_PAIR = saved
+    expect = _merge_reference(lists, quotas, n, order, rrf_k)
+    rows = c.user_of_row()
+    assert [(int(r), int(i)) for r, i in zip(rows, c.items, strict=True)] == [(r, i) for r, i, _ in expect]
+    for k, (_, _, ch) in enumerate(expect):
+        want_rank = np.full(n_ch, np.nan, dtype=np.float32)
+        want_score = np.full(n_ch, np.nan, dtype=np.float32)
+        for cidx, j, sc in ch:
+            want_rank[cidx], want_score[cidx] = j, sc
+        np.testing.assert_array_equal(c.ranks[k], want_rank)
+        np.testing.assert_array_equal(c.scores[k], want_score)
 
 
 def test_merger_end_to_end_state_and_prefix(small_drifting):

@@ -78,15 +78,19 @@ def topk(
     out. ``scores`` is not modified. NaN and -inf scores are never returned.
     """
     m = scores.shape[1]
-    s = np.array(scores, dtype=np.float64, copy=True)
-    s[~np.isfinite(s)] = -np.inf
-    if isinstance(exclude_rows, tuple):
-        s[exclude_rows] = -np.inf
-    elif exclude_rows is not None and exclude_rows.nnz:
-        s[csr_coordinates(exclude_rows)] = -np.inf
+    if isinstance(exclude_rows, sp.spmatrix | sp.sparray):
+        exclude_rows = csr_coordinates(exclude_rows) if exclude_rows.nnz else None
+    if scores.shape[0] > 1 and scores.strides[0] == 0:
+        # One row broadcast to every user (popularity): sort it once, skip each row's exclusions.
+        return _topk_shared(scores[0], k, scores.shape[0], exclude_rows)
+    # Keys ascend where scores descend; a score that may not be returned gets key +inf.
+    keys = np.negative(scores, dtype=np.float64)
+    keys[~np.isfinite(keys)] = np.inf
+    if exclude_rows is not None:
+        keys[exclude_rows] = np.inf
     kk = min(k, m)
-    order = _top_order(-s, kk)
-    top = np.take_along_axis(s, order, axis=1)
+    order = _top_order(keys, kk)
+    top = -np.take_along_axis(keys, order, axis=1)
     items = order.astype(np.int64)
     bad = ~np.isfinite(top)
     items[bad] = -1
@@ -98,23 +102,64 @@ def topk(
     return Ranking(items, out_scores)
 
 
+def _topk_shared(
+    scores: np.ndarray, k: int, n_rows: int, exclude: tuple[np.ndarray, np.ndarray] | None
+) -> Ranking:
+    """:func:`topk` of ``scores: float[m]`` repeated in ``n_rows`` rows, ``exclude`` as
+    ``(rows, cols)``: the one row is sorted once; row ``r`` takes the first ``k`` of that order
+    it does not exclude."""
+    m = len(scores)
+    keys = np.negative(scores, dtype=np.float64)
+    keys[~np.isfinite(keys)] = np.inf
+    order = np.argsort(keys, kind="stable")
+    order = order[np.isfinite(keys[order])]  # never returned: NaN and infinite scores
+    kk = min(k, len(order))
+    rows = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude[0], dtype=np.int64)
+    per_row = np.bincount(rows, minlength=n_rows)
+    head = order[: kk + (int(per_row.max()) if len(rows) else 0)]  # enough for any row
+    place = np.full(m, len(head), dtype=np.int64)
+    place[head] = np.arange(len(head))
+    ok = np.ones((n_rows, len(head)), dtype=bool)
+    if len(rows):
+        at = place[np.asarray(exclude[1], dtype=np.int64)]  # type: ignore[index]
+        inside = at < len(head)
+        ok[rows[inside], at[inside]] = False
+    rank = np.cumsum(ok, axis=1) - 1
+    r, j = np.nonzero(ok & (rank < kk))
+    items = np.full((n_rows, k), -1, dtype=np.int64)
+    out = np.full((n_rows, k), np.nan, dtype=np.float32)
+    items[r, rank[r, j]] = head[j]
+    out[r, rank[r, j]] = scores[head[j]]
+    return Ranking(items, out)
+
+
 def _top_order(keys: np.ndarray, kk: int) -> np.ndarray:
     """``int[n, kk]``: per row, the columns of the ``kk`` smallest ``keys`` (``float[n, m]``, no
     NaN), ascending, ties by column: the first ``kk`` of a stable argsort, without sorting all.
 
-    Every entry not above the row's ``kk``-th smallest key is a candidate (all of a tie at the
-    boundary, so the lower columns win it as in the full sort); only candidates are sorted.
+    Per row, every key below the ``kk``-th smallest is taken, then as many of the keys equal to
+    it as fit, lowest columns first (as the stable sort would order them); only those ``kk`` are
+    sorted (by the faster unstable sort when they hold no equal keys).
     """
     n, m = keys.shape
     if kk >= m or kk == 0:
         return np.argsort(keys, axis=1, kind="stable")[:, :kk]
-    threshold = np.partition(keys, kk - 1, axis=1)[:, kk - 1]
-    rows, cols = np.nonzero(keys <= threshold[:, None])  # row-major: columns ascending
-    # lexsort is stable: within a row, equal keys keep their (ascending) column order.
-    o = np.lexsort((keys[rows, cols], rows))
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n)[:-1], out=starts[1:])  # every row has >= kk
-    return cols[o][starts[:, None] + np.arange(kk)]
+    threshold = np.partition(keys, kk - 1, axis=1)[:, kk - 1 : kk]
+    take = keys <= threshold
+    excess = np.flatnonzero(take.sum(axis=1) > kk)  # rows with a tie across the boundary
+    if len(excess):
+        sub, th = keys[excess], threshold[excess]
+        tied = sub == th
+        room = kk - (sub < th).sum(axis=1, keepdims=True)  # >= 1: the threshold is a kk-th key
+        take[excess] = (sub < th) | (tied & (np.cumsum(tied, axis=1) <= room))
+    # Row-major flat positions: each row's columns ascending, exactly kk per row.
+    cols = (np.flatnonzero(take) % m).reshape(n, kk)
+    top = np.take_along_axis(keys, cols, axis=1)
+    order = np.argsort(top, axis=1)
+    ranked = np.take_along_axis(top, order, axis=1)
+    if np.any(ranked[:, 1:] == ranked[:, :-1]):
+        order = np.argsort(top, axis=1, kind="stable")  # equal keys must keep column order
+    return np.take_along_axis(cols, order, axis=1)
 
 
 # Sparse helpers for the serving path. Building a scipy matrix (validation, index dtype checks)

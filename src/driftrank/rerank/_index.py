@@ -1,10 +1,10 @@
 """A faiss inner-product index over item vectors, with per-user exclusions.
 
-Exact search (``IndexFlatIP``) for catalogs up to ``exact_max_items``, HNSW above that, IVF for
-the very largest. Exclusions (items a user has seen) are honoured by over-fetching
-``k + n_excluded`` results per query; when an approximate index still comes back short, those
-queries are answered exactly from the stored vectors, so a search never returns fewer items
-than the catalog allows.
+Exact search (a BLAS matrix product and a partial sort, in row blocks) for catalogs up to
+``exact_max_items``, a faiss HNSW index above that, IVF for the very largest. An approximate
+index honours exclusions (items a user has seen) by over-fetching ``k + n_excluded`` results
+per query; when it still comes back short, those queries are answered exactly from the stored
+vectors, so a search never returns fewer items than the catalog allows.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ItemIndexConfig:
     """Settings of :class:`ItemIndex`.
 
     Attributes:
-        kind: ``"exact"`` (brute force, ``IndexFlatIP``), ``"hnsw"``, ``"ivf"`` or ``"auto"``:
+        kind: ``"exact"`` (brute force: one matrix product), ``"hnsw"``, ``"ivf"`` or ``"auto"``:
             exact up to ``exact_max_items`` items (a flat scan of 50k × 384 floats is a few ms
             per query batch row, and exact means no recall loss), HNSW up to
             ``hnsw_max_items`` (best recall per query time, no training), IVF beyond (less
@@ -156,14 +156,17 @@ class ItemIndex:
         return self
 
     def _new_index(self, v: np.ndarray) -> Any:
-        import faiss
-
         n, d = v.shape
         kind = self._kind
         index: Any
         if kind == "exact":
-            index = faiss.IndexFlatIP(d)
-        elif kind == "hnsw":
+            # A matrix product and a partial sort (search) beat faiss' flat scan here, whose
+            # per-query heaps are slow at the few hundred results a candidate list asks for
+            # (13 ms against 4 ms for 256 queries over 1.7k items, k = 200-1024).
+            return None
+        import faiss
+
+        if kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = self.config.hnsw_ef_construction
         else:
@@ -192,7 +195,8 @@ class ItemIndex:
         if v.shape[1] != old.shape[1]:
             raise DataError(f"vectors must be {old.shape[1]}-d like the index, got {v.shape[1]}-d")
         if len(v):
-            self._index.add(v)
+            if self._index is not None:
+                self._index.add(v)
             self._vectors = np.concatenate([old, v])
         return self
 
@@ -217,6 +221,8 @@ class ItemIndex:
         if n == 0 or n_items == 0:
             return Ranking(items, scores)
         excl = _exclusion(exclude, n, n_items)
+        if self._kind == "exact":
+            return _exact_search(q, vecs, k, excl)
         n_excl = np.diff(excl.indptr) if excl is not None else np.zeros(n, np.int64)
         kk = min(k, n_items)
         want = np.minimum(kk, n_items - n_excl)  # what a perfect search can return per row
@@ -342,6 +348,23 @@ def _exclusion(exclude: sp.spmatrix | None, n: int, n_items: int) -> sp.csr_matr
     ex.sum_duplicates()
     ex.sort_indices()
     return ex.tocsr()
+
+
+# Rows of scores an exact search holds at once (float32): 4 MB, cache-sized blocks.
+_EXACT_BLOCK = 1 << 20
+
+
+def _exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excl: sp.csr_matrix | None) -> Ranking:
+    """Top-``k`` by inner product over every item, a block of query rows at a time."""
+    n, n_items = len(q), len(vecs)
+    step = max(1, _EXACT_BLOCK // max(1, n_items))
+    if n <= step:
+        return topk(q @ vecs.T, k, excl)
+    parts = [
+        topk(q[lo : lo + step] @ vecs.T, k, excl[lo : lo + step] if excl is not None else None)
+        for lo in range(0, n, step)
+    ]
+    return Ranking(np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts]))
 
 
 def _filter(

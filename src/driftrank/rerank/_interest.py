@@ -47,6 +47,12 @@ STATE_VERSION = 1
 # Users are processed in chunks holding about this many history events, which bounds the
 # temporary arrays (events × scales) whatever the batch size.
 _CHUNK_EVENTS = 400_000
+# similarity(): the whole-catalog product wins while (distinct users × catalog) is at most this
+# many times the candidate count; it runs over blocks of at most _SIMILARITY_BLOCK scores. The
+# gather path runs _SIMILARITY_ROWS candidates at a time (bounded temporaries).
+_DENSE_SIMILARITY = 16
+_SIMILARITY_BLOCK = 1 << 22
+_SIMILARITY_ROWS = 8192
 
 InterestMode = Literal["time", "position", "both"]
 T = TypeVar("T")
@@ -353,8 +359,23 @@ class InterestModel:
         # user's vector only depends on their own events, so this is exactly the per-row result.
         t = _as_times(at, len(u))
         first, inverse = _distinct_pairs(u, t)
-        q = normalise_rows(self._compute(u[first], t[first])[0])[inverse]
-        return np.einsum("msd,md->ms", q, vecs[i]).astype(np.float32)
+        q = normalise_rows(self._compute(u[first], t[first])[0])  # [distinct, S, d]
+        n_s, n_items = q.shape[1], len(vecs)
+        out = np.empty((len(i), n_s), dtype=np.float32)
+        if len(first) * n_items <= _DENSE_SIMILARITY * max(1, len(i)):
+            # Many candidates per user in a small catalog: one matrix product with the whole
+            # catalog, then a gather, is ~10x faster than gathering each candidate's vector
+            # (measured: 3 ms against 36 ms for 256 users × 200 candidates over 1.7k items).
+            step = max(1, _SIMILARITY_BLOCK // (n_s * n_items))
+            for lo in range(0, len(first), step):
+                full = (q[lo : lo + step].reshape(-1, q.shape[2]) @ vecs.T).reshape(-1, n_s, n_items)
+                rows = np.flatnonzero((inverse >= lo) & (inverse < lo + step))
+                out[rows] = full[inverse[rows] - lo, :, i[rows]]
+            return out
+        for lo in range(0, len(i), _SIMILARITY_ROWS):
+            sl = slice(lo, lo + _SIMILARITY_ROWS)
+            out[sl] = np.einsum("msd,md->ms", q[inverse[sl]], vecs[i[sl]])
+        return out
 
     def trajectory(self, user: int, times: np.ndarray) -> np.ndarray:
         """``float32[len(times), n_scales, dim]``: ``user``'s interest at each of ``times``."""

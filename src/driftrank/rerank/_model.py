@@ -686,7 +686,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         last = np.where(lengths > 0, times[:, -1], 0.0)
         rel = torch.from_numpy(np.where(items >= 0, relative_days(times, last), 0.0).astype(np.float32))
         if memo is None:
-            return net.encode(table, it, rel, valid)[0][:, -1]
+            return net.encode(table, it, rel, valid, last_only=True)[0][:, -1]
         keys = [
             hashlib.blake2b(items[r].tobytes() + times[r].tobytes(), digest_size=16).digest()
             for r in range(len(items))
@@ -695,7 +695,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         miss = [r for r, v in enumerate(found) if v is None]
         if miss:
             rows = torch.as_tensor(miss)
-            fresh = net.encode(table, it[rows], rel[rows], valid[rows])[0][:, -1].clone()
+            fresh = net.encode(table, it[rows], rel[rows], valid[rows], last_only=True)[0][:, -1].clone()
             with self._memo_lock:
                 for j, r in enumerate(miss):
                     found[r] = memo[keys[r]] = fresh[j]

@@ -13,6 +13,7 @@ per-row reference time (≤ 0 in the past).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -103,14 +104,29 @@ class TransformerBlock(nn.Module):
         self.act: nn.Module = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.drop = Dropout(dropout)
 
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        """``x: [B, L, d]``, ``allowed: bool[B, L, L]`` (query, key) → ``[B, L, d]``."""
+    def forward(self, x: Tensor, allowed: Tensor, last_only: bool = False) -> Tensor:
+        """``x: [B, L, d]``, ``allowed: bool[B, L, L]`` (query, key) → ``[B, L, d]``, or only the
+        last position's output ``[B, 1, d]`` with ``last_only`` (keys and values still come from
+        every position; the queries, the attention output and the feed-forward of the others,
+        two thirds of the work, are skipped)."""
         b, n, d = x.shape
-        qkv = self.qkv(self.ln_attn(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        dh = d // self.heads
+        h = self.ln_attn(x)
+        if last_only:
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = _rows_of_8(lambda r: nnf.linear(r, w[:d], bias[:d]), h[:, -1])
+            q = q.view(b, 1, self.heads, dh).transpose(1, 2)
+            kv = nnf.linear(h, w[d:], bias[d:]).view(b, n, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+            k, v = kv[0], kv[1]
+            att = nnf.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, -1:])
+            last = x[:, -1] + _rows_of_8(self.out, att.reshape(b, d))
+            ffn = _rows_of_8(lambda r: self.ffn_out(self.act(self.ffn_in(r))), self.ln_ffn(last))
+            return (last + ffn)[:, None]
+        qkv = self.qkv(h).view(b, n, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # Written out so that the attention weights go through the cheaper Dropout above.
-            logits = (q @ k.transpose(2, 3)) * (d // self.heads) ** -0.5
+            logits = (q @ k.transpose(2, 3)) * dh**-0.5
             weights = torch.softmax(logits.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
             att = self.drop(weights) @ v
         else:
@@ -119,6 +135,18 @@ class TransformerBlock(nn.Module):
             )
         x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.ffn_out(self.drop(self.act(self.ffn_in(self.ln_ffn(x))))))
+
+
+def _rows_of_8(fn: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """``fn`` (row-wise linear layers) of ``rows: [m, d]``, run on a multiple of 8 rows (zero
+    rows added, their outputs dropped). The CPU matrix kernels give a row bits that depend on
+    where it falls in a block of rows when the count is ragged; padded, a user's state is the
+    same whichever batch computed it (measured: 1-129 rows against one batch of 512), which the
+    state memo and ``save``/``load`` rely on."""
+    pad = -rows.shape[0] % 8
+    if pad == 0:
+        return fn(rows)
+    return fn(torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]))[: rows.shape[0]]
 
 
 class CausalEncoder(nn.Module):
@@ -138,15 +166,17 @@ class CausalEncoder(nn.Module):
         )
         self.ln = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, valid: Tensor, causal: bool = True) -> Tensor:
-        """``x: [B, L, d]``, ``valid: bool[B, L]`` → ``[B, L, d]``."""
+    def forward(self, x: Tensor, valid: Tensor, causal: bool = True, last_only: bool = False) -> Tensor:
+        """``x: [B, L, d]``, ``valid: bool[B, L]`` → ``[B, L, d]``; with ``last_only``, just the
+        last position's states ``[B, 1, d]`` (the last block skips the other positions)."""
         n = x.shape[1]
         eye = torch.eye(n, dtype=torch.bool, device=x.device)
         allowed = valid[:, None, :] | eye
         if causal:
             allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        for block in self.blocks:
-            x = block(x, allowed)
+        last = len(self.blocks) - 1
+        for j, block in enumerate(self.blocks):
+            x = block(x, allowed, last_only=last_only and j == last)
         return self.ln(x)
 
 
@@ -238,13 +268,22 @@ class RerankerNet(nn.Module):
 
     # ------------------------------------------------------------------ history
     def encode(
-        self, table: Tensor, items: Tensor, times: Tensor, valid: Tensor, *, masked: Tensor | None = None
+        self,
+        table: Tensor,
+        items: Tensor,
+        times: Tensor,
+        valid: Tensor,
+        *,
+        masked: Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Transformer states ``[B, L, d]`` and raw item vectors ``[B, L, d]`` of the history.
 
         ``items: int64[B, L]`` (-1 = padding), ``times: float[B, L]`` days, ``valid: bool[B, L]``.
         ``masked: bool[B, L]`` replaces those inputs by a mask token and attends both ways
-        (masked-item pre-training); otherwise attention is causal.
+        (masked-item pre-training); otherwise attention is causal. ``last_only`` (causal only)
+        returns the states of the last position alone, ``[B, 1, d]``, for serving (in eval
+        mode: no dropout on that path).
         """
         eh = self.history_vectors(table, items, valid)
         x = eh
@@ -258,7 +297,9 @@ class RerankerNet(nn.Module):
         n = items.shape[1]
         pos = self.pos.weight[self.max_len - n :]
         x = self.drop(x + pos + self.prev_gap(bucket))
-        return self.encoder(x, valid, causal=masked is None), eh
+        if last_only and masked is not None:
+            raise ValueError("last_only needs causal attention (masked=None)")
+        return self.encoder(x, valid, causal=masked is None, last_only=last_only), eh
 
     @staticmethod
     def context(times: Tensor, valid: Tensor, qpos: Tensor, qtime: Tensor) -> tuple[Tensor, Tensor]:
@@ -326,6 +367,8 @@ class RerankerNet(nn.Module):
         vec, bias, q_tab, o_tab = tables
         b, n, d = eh.shape
         nq = u.shape[1]
+        if cand is not None and self.candidate_attention and not torch.is_grad_enabled():
+            return self._served_scores(u, gap, visible, eh, tables, cand)
         if cand is None:
             dot = u @ vec.T + bias
         else:
@@ -350,12 +393,49 @@ class RerankerNet(nn.Module):
             q = nnf.embedding(cand, q_tab.flatten(1)).view(b, nq * c, h, dh).transpose(1, 2)
             o = nnf.embedding(cand, o_tab.flatten(1)).view(b, nq, c, h, dh).permute(0, 3, 1, 2, 4)
             logits = (q @ k.transpose(2, 3)).view(b, h, nq, c, n)  # [B, H, Q, C, L]
-        gap_bias = self.att_gap[:, gap_buckets(gap, self.n_buckets)]  # [H, B, Q, L]
-        gap_bias = gap_bias.masked_fill(~visible[None], float("-inf")).transpose(0, 1)[:, :, :, None]
+        gap_bias = self._gap_bias(gap, visible)[:, :, :, None]  # [B, H, Q, 1, L]
         p = torch.softmax(logits * dh**-0.5 + gap_bias, dim=-1)  # [B, H, Q, C, L]
         # sum_k p_k (v_k . o_c) = o_c . (sum_k p_k v_k): one matmul, no [B, H, Q, C, L] values tensor.
         mixed = p @ v[:, :, None]  # [B, H, Q, C, dh]
         return dot + (mixed * o).sum(-1).sum(1)
+
+    def _gap_bias(self, gap: Tensor, visible: Tensor) -> Tensor:
+        """``[B, H, Q, L]``: each head's learned bias for the time from a history event to the
+        query, ``-inf`` where the query may not see the event."""
+        gap_bias = self.att_gap[:, gap_buckets(gap, self.n_buckets)]  # [H, B, Q, L]
+        return gap_bias.masked_fill(~visible[None], float("-inf")).transpose(0, 1)
+
+    def _served_scores(
+        self,
+        u: Tensor,
+        gap: Tensor,
+        visible: Tensor,
+        eh: Tensor,
+        tables: tuple[Tensor, Tensor, Tensor, Tensor],
+        cand: Tensor,
+    ) -> Tensor:
+        """:meth:`scores` of candidate lists without gradients, with the same terms: one gather
+        of every per-item input and the candidate attention as one fused attention call per
+        query (``[B, H, C, L]``, the gap bias broadcast over the candidates). About 1.3x faster
+        on CPU; equal up to float rounding (tested)."""
+        vec, bias, q_tab, o_tab = tables
+        b, n, d = eh.shape
+        nq, c = u.shape[1], cand.shape[2]
+        h = self.attention_heads
+        dh = d // h
+        per_item = torch.cat([vec, bias[:, None], q_tab.flatten(1), o_tab.flatten(1)], dim=1)
+        g = nnf.embedding(cand, per_item)  # [B, Q, C, 3d + 1]
+        dot = (u[:, :, None, :] * g[..., :d]).sum(-1) + g[..., d]
+        k = self.att_k(eh).view(b, n, h, dh).transpose(1, 2)  # [B, H, L, dh]
+        v = self.att_v(eh).view(b, n, h, dh).transpose(1, 2)
+        gap_bias = self._gap_bias(gap, visible)  # [B, H, Q, L]
+        att = []
+        for j in range(nq):
+            q = g[:, j, :, d + 1 : 2 * d + 1].reshape(b, c, h, dh).transpose(1, 2)  # [B, H, C, dh]
+            o = g[:, j, :, 2 * d + 1 :].reshape(b, c, h, dh).transpose(1, 2)
+            mixed = nnf.scaled_dot_product_attention(q, k, v, attn_mask=gap_bias[:, :, j : j + 1])
+            att.append((mixed * o).sum(-1).sum(1))  # [B, C]
+        return dot + torch.stack(att, dim=1)
 
 
 class SASRecNet(nn.Module):

@@ -305,11 +305,12 @@ def merge_rankings(
         c_ok = np.broadcast_to(chan.ravel()[flat_order], seq_items.shape)[seq_ok]
         rk_ok = np.broadcast_to(rank.ravel()[flat_order], seq_items.shape)[seq_ok]
         contrib = quotas[c_ok] / (rrf_k + rk_ok + 1.0)
-    if b * n_items <= max(_DENSE_PER_PAIR * len(keys), _DENSE_SLOTS):
+    dense = b * n_items <= max(_DENSE_PER_PAIR * len(keys), _DENSE_SLOTS)
+    slots = b * n_items
+    if dense:
         # Few (user, item) slots: count them in a dense table instead of sorting the keys.
         # Each slot's contributions are summed in sequence order either way (bincount), and a
         # key's first appearance is its smallest position (positions rise along each row).
-        slots = b * n_items
         first_pos = np.full(slots, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first_pos, keys, p_ok)
         uniq = np.flatnonzero(first_pos != np.iinfo(np.int64).max)
@@ -327,8 +328,16 @@ def merge_rankings(
         # Higher fused score first; ties by first appearance.
         sort_val = -total + 1e-12 * (p_first / max(1, seq_items.shape[1]))
     u_row = uniq // n_items
+    if dense and n < n_items:
+        # Only each row's first n survive: keep the items whose sort value is within the row's
+        # n smallest (ties at the boundary included) before sorting, a third of them or fewer.
+        table = np.full(slots, np.inf)
+        table[uniq] = sort_val
+        cut = np.partition(table.reshape(b, n_items), n - 1, axis=1)[:, n - 1]
+        sel = sort_val <= cut[u_row]
+        uniq, u_row, p_first, sort_val = uniq[sel], u_row[sel], p_first[sel], sort_val[sel]
     u_item = uniq % n_items
-    o = np.lexsort((p_first, sort_val, u_row))
+    o = _row_order(u_row, sort_val, p_first, b)
     u_row, u_item = u_row[o], u_item[o]
     counts = np.bincount(u_row, minlength=b)
     starts = np.zeros(b + 1, dtype=np.int64)
@@ -341,22 +350,59 @@ def merge_rankings(
     m = len(u_item)
     out_scores = np.full((m, n_ch), np.nan, dtype=np.float32)
     out_ranks = np.full((m, n_ch), np.nan, dtype=np.float32)
-    cand_keys = u_row * n_items + u_item  # sorted by row, not by item: search a sorted copy
-    sorter = np.argsort(cand_keys, kind="stable")
-    sorted_keys = cand_keys[sorter]
     if m:
-        for c in range(n_ch):
-            ok = valid[:, c, :]
-            rr, jj = np.nonzero(ok)
-            ck = rr * n_items + items[:, c, :][ok]
+        # Every channel's score and rank of each candidate: look its (row, item) key up.
+        flat = np.flatnonzero(valid)  # into [b, n_ch, depth]
+        ck = (flat // (n_ch * depth)) * n_items + items.reshape(-1)[flat]
+        cand_keys = u_row * n_items + u_item
+        if dense:
+            where = np.full(slots, -1, dtype=np.int64)
+            where[cand_keys] = np.arange(m)
+            dest = where[ck]
+            hit = dest >= 0
+            dest = dest[hit]
+        else:
+            sorter = np.argsort(cand_keys, kind="stable")  # sorted by row, not by item
+            sorted_keys = cand_keys[sorter]
             at = np.minimum(np.searchsorted(sorted_keys, ck), m - 1)
             hit = sorted_keys[at] == ck
             dest = sorter[at[hit]]
-            out_scores[dest, c] = scores[:, c, :][ok][hit]
-            out_ranks[dest, c] = jj[hit].astype(np.float32)
+        flat = flat[hit]
+        cell = dest * n_ch + (flat // depth) % n_ch
+        out_scores.reshape(-1)[cell] = scores.reshape(-1)[flat]
+        out_ranks.reshape(-1)[cell] = flat % depth
     return Candidates(
         users.astype(np.int64), offsets, u_item.astype(np.int64), out_scores, out_ranks, tuple(sources)
     )
+
+
+def _row_order(rows: np.ndarray, primary: np.ndarray, secondary: np.ndarray, b: int) -> np.ndarray:
+    """The permutation that sorts entries by ``(rows, primary, secondary)``, for ``rows:
+    int[m]`` already ascending (values below ``b``).
+
+    Each row's ``primary`` values are sorted in a padded ``[b, widest row]`` table (one fast
+    row-wise sort); ``secondary`` only matters, and a full lexsort only runs, when a row holds
+    equal ``primary`` values.
+    """
+    m = len(rows)
+    counts = np.bincount(rows, minlength=b)
+    width = int(counts.max()) if m else 0
+    if width == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.zeros(b, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    within = np.arange(m) - starts[rows]
+    table = np.full((b, width), np.inf)
+    table[rows, within] = primary
+    order = np.argsort(table, axis=1)
+    ranked = np.take_along_axis(table, order, axis=1)
+    if (
+        np.any((ranked[:, 1:] == ranked[:, :-1]) & np.isfinite(ranked[:, 1:]))
+        or not np.isfinite(primary).all()
+    ):
+        return np.lexsort((secondary, primary, rows))
+    live = np.arange(width) < counts[:, None]  # sorted rows keep their padding at the end
+    return (starts[:, None] + order)[live]
 
 
 def candidates_to_ranking(c: Candidates, k: int) -> Ranking:
