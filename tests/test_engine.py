@@ -121,6 +121,21 @@ def test_filter_and_candidates(engine: Engine, data: Dataset) -> None:
     assert set(r.item_ids.tolist()) <= allowed
     r2 = engine.rank(data.user_ids.ids[2], k=10, filter=lambda i: int(i) % 2 == 0)
     assert all(int(i) % 2 == 0 for i in r2.item_ids)
+    # A filter that passes fewer than k retrieved items returns fewer, never rejected ones.
+    user = data.user_ids.ids[2]
+    retrieved = set(engine.rank(user, k=200).item_ids.tolist())
+    seen = set(engine.history(user)["item_id"].to_list())
+    outside = [i for i in data.item_ids.ids.tolist() if i not in retrieved and i not in seen][:3]
+    assert engine.rank(user, k=10, filter=set(outside)).item_ids.size == 0
+    # Explicit candidates are ranked, retrieved or not; seen ones are left out unless asked.
+    some_seen = sorted(seen)[:2]
+    r3 = engine.rank(user, k=10, candidates=[*outside, *some_seen])
+    assert sorted(r3.item_ids.tolist()) == sorted(outside)
+    assert np.isfinite(r3.scores).all() and np.all(np.diff(r3.scores) <= 0)
+    r4 = engine.rank(user, k=10, candidates=[*outside, *some_seen], exclude_seen=False)
+    assert sorted(r4.item_ids.tolist()) == sorted([*outside, *some_seen])
+    r5 = engine.rank(user, k=2, candidates=outside, filter=set(outside[1:]))
+    assert set(r5.item_ids.tolist()) == set(outside[1:])
 
 
 def test_input_validation(engine: Engine, data: Dataset) -> None:

@@ -594,13 +594,19 @@ def test_bad_state_is_refused(fitted):
     counts=st.lists(st.integers(0, 9), min_size=1, max_size=6),
     k=st.integers(1, 12),
     seed=st.integers(0, 10_000),
+    kind=st.sampled_from(["ties", "distinct", "infinite"]),
 )
-def test_rank_candidates_matches_a_loop(counts, k, seed):
+def test_rank_candidates_matches_a_loop(counts, k, seed, kind):
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     m = int(offsets[-1])
     items = np.concatenate([rng.choice(50, size=c, replace=False) for c in counts]).astype(np.int64)
-    scores = rng.integers(0, 4, m).astype(np.float32)  # many ties
+    if kind == "ties":
+        scores = rng.integers(0, 4, m).astype(np.float32)
+    else:  # distinct scores take the partial sort, the others the full one
+        scores = rng.permutation(m).astype(np.float32)
+        if kind == "infinite":
+            scores[rng.random(m) < 0.2] = -np.inf
     scores[rng.random(m) < 0.1] = np.nan
     z = np.zeros((m, 0), np.float32)
     cand = Candidates(np.arange(len(counts)), offsets, items, z, z, ())

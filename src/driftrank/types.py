@@ -89,7 +89,7 @@ def topk(
     if exclude_rows is not None:
         keys[exclude_rows] = np.inf
     kk = min(k, m)
-    order = _top_order(keys, kk)
+    order = top_order(keys, kk)
     top = -np.take_along_axis(keys, order, axis=1)
     items = order.astype(np.int64)
     bad = ~np.isfinite(top)
@@ -133,7 +133,7 @@ def _topk_shared(
     return Ranking(items, out)
 
 
-def _top_order(keys: np.ndarray, kk: int) -> np.ndarray:
+def top_order(keys: np.ndarray, kk: int) -> np.ndarray:
     """``int[n, kk]``: per row, the columns of the ``kk`` smallest ``keys`` (``float[n, m]``, no
     NaN), ascending, ties by column: the first ``kk`` of a stable argsort, without sorting all.
 

@@ -574,14 +574,20 @@ class Engine:
         *,
         keep: Callable[[np.ndarray], np.ndarray] | None = None,
         explain: bool = False,
+        only: np.ndarray | None = None,
     ) -> tuple[Ranking, list[dict[str, np.ndarray]], list[np.ndarray]]:
-        """Core batch path: candidates → signals → fused scores → top-k (+ contributions)."""
+        """Core batch path: candidates → signals → fused scores → top-k (+ contributions).
+
+        ``keep`` (item indices → bool) drops items from the ranking; ``only: int[m]`` ranks
+        exactly those items (less the excluded), retrieved or not."""
         from driftrank.fusion import rank_candidates
 
         cands = self._candidates(users, at, exclude=exclude)
+        if only is not None:
+            cands = _only_items(cands, only, exclude)
         scores, inputs = self._score(cands, at)
         if keep is not None and len(cands.items):
-            scores = np.where(keep(cands.items), scores, -np.inf)
+            scores = np.where(keep(cands.items), scores, np.nan)  # NaN: never ranked
         ranking, rows = rank_candidates(cands, scores.astype(np.float32), k)
         contribs: list[dict[str, np.ndarray]] = []
         bases: list[np.ndarray] = []
@@ -628,8 +634,11 @@ class Engine:
         - ``at``: ranking time in unix seconds (default: right after the user's latest event);
           it may not precede events the engine already knows for that user.
         - ``exclude_seen``: leave out items the user interacted with.
-        - ``candidates``: rank only these raw item ids.
-        - ``filter``: a predicate on raw item ids, or a collection of allowed raw item ids.
+        - ``candidates``: rank exactly these raw item ids (less the seen ones with
+          ``exclude_seen``), whether retrieval would have proposed them or not; the channels
+          that did not retrieve one count as missing signals, as for any candidate.
+        - ``filter``: a predicate on raw item ids, or a collection of allowed raw item ids;
+          items it rejects are never returned (fewer than ``k`` results if few pass).
         Returns a :class:`RankResult` with per-signal contributions.
         """
         k = _check_k(k)
@@ -710,10 +719,13 @@ class Engine:
                             f"at={at_arr[j]:.0f} is before the latest event the engine knows for user "
                             f"{st.user_ids.ids[u]!r} ({last:.0f}); rank at or after it"
                         )
-            keep = self._keep_fn(candidates, filt)
+            keep = self._keep_fn(None, filt)
+            only = None if candidates is None else self._candidate_items(candidates)
             exclude = self._seen_matrix(users) if exclude_seen else None
             at_opt = None if np.isnan(at_arr).all() else at_arr
-            ranking, contribs, bases = self._rank_indices(users, k, at_opt, exclude, keep=keep, explain=True)
+            ranking, contribs, bases = self._rank_indices(
+                users, k, at_opt, exclude, keep=keep, explain=True, only=only
+            )
             at_used = self._resolve_at(users, at_opt)
             titles = self._titles(st)
             out = []
@@ -736,6 +748,15 @@ class Engine:
                 )
             return out
 
+    def _candidate_items(self, candidates: Iterable[object]) -> np.ndarray:
+        """Distinct item indices of raw ``candidates`` (every one must be in the catalog)."""
+        if isinstance(candidates, (str, bytes)):
+            raise DataError(f"candidates must be a collection of item ids, got {type(candidates).__name__}")
+        cand_list = list(candidates)
+        if not cand_list:
+            raise DataError("candidates is empty; pass None to rank the whole catalog")
+        return np.unique(self._require().item_ids.indices(cand_list))
+
     def _keep_fn(
         self, candidates: Iterable[object] | None, filt: Callable[[object], bool] | Collection[object] | None
     ) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -743,10 +764,7 @@ class Engine:
         allowed: np.ndarray | None = None
         if candidates is not None:
             allowed = np.zeros(len(st.item_ids), dtype=bool)
-            cand_list = list(candidates)
-            if not cand_list:
-                raise DataError("candidates is empty; pass None to rank the whole catalog")
-            allowed[st.item_ids.indices(cand_list)] = True
+            allowed[self._candidate_items(candidates)] = True
         if filt is not None:
             if callable(filt):
                 mask = np.fromiter(
@@ -1007,6 +1025,43 @@ def _drop_items(r: Ranking, drop: np.ndarray) -> Ranking:
     items = np.take_along_axis(np.where(keep, r.items, -1), order, axis=1)
     scores = np.take_along_axis(np.where(keep, r.scores, np.nan), order, axis=1)
     return Ranking(items, scores.astype(np.float32))
+
+
+def _only_items(cands: Candidates, only: np.ndarray, exclude: sp.csr_matrix | None) -> Candidates:
+    """Each user's candidates narrowed to the items ``only: int[m]`` (distinct), with the ones
+    retrieval did not return added after the others, their channel scores and ranks missing
+    (as for any item a channel did not retrieve). Items ``exclude`` (CSR, row = user index)
+    marks for a user are left out."""
+    wanted = np.zeros(int(max(only.max(), cands.items.max(initial=-1))) + 1, dtype=bool)
+    wanted[only] = True
+    parts_rows: list[np.ndarray] = []
+    parts_new: list[np.ndarray] = []
+    counts = np.zeros(len(cands.users), dtype=np.int64)
+    for j, u in enumerate(cands.users.tolist()):
+        sl = cands.of(j)
+        rows = sl.start + np.flatnonzero(wanted[cands.items[sl]])
+        new = np.setdiff1d(only, cands.items[rows], assume_unique=True)
+        if exclude is not None and u < exclude.shape[0] and len(new):
+            seen = exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]]
+            new = new[~np.isin(new, seen)]
+        parts_rows.append(rows)
+        parts_new.append(new)
+        counts[j] = len(rows) + len(new)
+    offsets = np.zeros(len(cands.users) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total, n_src = int(offsets[-1]), len(cands.sources)
+    items = np.empty(total, dtype=np.int64)
+    scores = np.full((total, n_src), np.nan, dtype=np.float32)
+    ranks = np.full((total, n_src), np.nan, dtype=np.float32)
+    for j, (rows, new) in enumerate(zip(parts_rows, parts_new, strict=True)):
+        lo, mid = int(offsets[j]), int(offsets[j]) + len(rows)
+        items[lo:mid], scores[lo:mid], ranks[lo:mid] = (
+            cands.items[rows],
+            cands.scores[rows],
+            cands.ranks[rows],
+        )
+        items[mid : offsets[j + 1]] = new
+    return Candidates(cands.users, offsets, items, scores, ranks, cands.sources)
 
 
 def _reserve_cold(

@@ -9,7 +9,7 @@ from typing import Literal, Protocol, Self, runtime_checkable
 import numpy as np
 
 from driftrank.errors import DataError
-from driftrank.types import Candidates, Ranking
+from driftrank.types import Candidates, Ranking, top_order
 
 __all__ = [
     "Contributions",
@@ -219,12 +219,43 @@ class Fuser(Protocol):
 
 
 def _order(candidates: Candidates, scores: np.ndarray) -> np.ndarray:
-    """Row order: by user position, then score descending (NaN last), then item index ascending."""
+    """Row order: by user position, then score descending (-inf after every finite score, NaN
+    after that), then item index ascending."""
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != (len(candidates.items),):
         raise DataError(f"scores must be float[{len(candidates.items)}], got shape {s.shape}")
-    key = np.where(np.isnan(s), np.inf, -s)
-    return np.lexsort((candidates.items, key, candidates.user_of_row()))
+    nan = np.isnan(s)
+    return np.lexsort((candidates.items, np.where(nan, 0.0, -s), nan, candidates.user_of_row()))
+
+
+def _top_rows(candidates: Candidates, scores: np.ndarray, k: int) -> np.ndarray | None:
+    """``int64[n_users, k]`` candidate rows of each user's top ``k`` (-1 padding) by a partial
+    sort of a padded ``[n_users, widest]`` score table, or ``None`` when two finite scores of a
+    user are equal within or at the edge of the top ``k`` (their order is then by item index,
+    which only :func:`_order` knows) or infinite (ranked after the finite ones, ties by item)."""
+    n = len(candidates.users)
+    counts = candidates.counts()
+    width = int(counts.max()) if n else 0
+    rows = np.full((n, k), -1, dtype=np.int64)
+    if width == 0:
+        return rows
+    key = np.negative(np.asarray(scores, dtype=np.float64))
+    if np.isinf(key).any():
+        return None
+    key[np.isnan(key)] = np.inf
+    table = np.full((n, width), np.inf)
+    row_user = candidates.user_of_row()
+    within = np.arange(len(key)) - candidates.offsets[:-1][row_user]
+    table[row_user, within] = key
+    kk = min(k + 1, width)  # one past k shows a tie at the edge
+    cols = top_order(table, kk)
+    top = np.take_along_axis(table, cols, axis=1)
+    if np.any((top[:, 1:] == top[:, :-1]) & np.isfinite(top[:, 1:])):
+        return None
+    keep = min(k, width)
+    found = np.isfinite(top[:, :keep])
+    rows[:, :keep] = np.where(found, candidates.offsets[:-1, None] + cols[:, :keep], -1)
+    return rows
 
 
 def rank_candidates(candidates: Candidates, scores: np.ndarray, k: int) -> tuple[Ranking, np.ndarray]:
@@ -237,16 +268,18 @@ def rank_candidates(candidates: Candidates, scores: np.ndarray, k: int) -> tuple
     if not isinstance(k, int | np.integer) or k <= 0:
         raise DataError(f"k must be a positive integer, got {k!r}")
     n = len(candidates.users)
-    order = _order(candidates, scores)
     s = np.asarray(scores, dtype=np.float32)
-    # ``order`` is grouped by user, so user j's sorted rows sit at offsets[j]:offsets[j+1]
-    pos_in_user = np.arange(len(order)) - np.repeat(candidates.offsets[:-1], candidates.counts())
-    take = pos_in_user < k
-    sel = order[take]
-    user_of = candidates.user_of_row()[sel]
-    col = pos_in_user[take]
-    rows = np.full((n, k), -1, dtype=np.int64)
-    rows[user_of, col] = sel
+    if np.shape(scores) != (len(candidates.items),):
+        raise DataError(f"scores must be float[{len(candidates.items)}], got shape {np.shape(scores)}")
+    rows = _top_rows(candidates, scores, k)
+    if rows is None:  # equal scores where they decide the order: sort by item as well
+        order = _order(candidates, scores)
+        # ``order`` is grouped by user, so user j's sorted rows sit at offsets[j]:offsets[j+1]
+        pos_in_user = np.arange(len(order)) - np.repeat(candidates.offsets[:-1], candidates.counts())
+        take = pos_in_user < k
+        sel = order[take]
+        rows = np.full((n, k), -1, dtype=np.int64)
+        rows[candidates.user_of_row()[sel], pos_in_user[take]] = sel
     valid = rows >= 0
     valid[valid] = ~np.isnan(s[rows[valid]])
     rows[~valid] = -1
