@@ -11,6 +11,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from driftrank._linalg import matmul_t
 from driftrank.errors import ConfigError, DataError, NotFittedError
 from driftrank.fusion._features import FeatureBuilder, FeatureConfig, FeatureMatrix
 from driftrank.fusion._input import Contributions, FusionInput
@@ -196,8 +197,8 @@ class FusionModel:
         assert p is not None
         h = u.astype(np.float64)
         if "gate_w1" in p:
-            h = np.tanh(h @ p["gate_w1"].T.astype(np.float64) + p["gate_b1"])
-        logits = h @ p["gate_w2"].T.astype(np.float64) + p["gate_b2"]
+            h = np.tanh(matmul_t(h, p["gate_w1"].astype(np.float64)) + p["gate_b1"])
+        logits = matmul_t(h, p["gate_w2"].astype(np.float64)) + p["gate_b2"]
         logits -= logits.max(axis=1, keepdims=True) if logits.shape[1] else 0.0
         e = np.exp(logits)
         return np.asarray(e / e.sum(axis=1, keepdims=True)) if e.shape[1] else e
@@ -216,7 +217,7 @@ class FusionModel:
         p = self.params_
         assert p is not None
         f = len(p["lin_w"])
-        return np.asarray(u @ p["mlp_w1"][:, f:].T + p["mlp_b1"])
+        return np.asarray(matmul_t(u, p["mlp_w1"][:, f:].astype(np.float64)) + p["mlp_b1"])
 
     def _forward(self, fm: FeatureMatrix) -> np.ndarray:
         """float32 scores of every row of ``fm``.
@@ -233,17 +234,17 @@ class FusionModel:
         has_mlp = "mlp_w1" in p
         if has_mlp:
             uh = self._mlp_user(fm.u.astype(np.float64))
-            w1x = np.ascontiguousarray(p["mlp_w1"][:, :f].T, dtype=np.float64)
-            w2 = p["mlp_w2"].astype(np.float64)
+            w1x = p["mlp_w1"][:, :f].astype(np.float64)
+            w2 = p["mlp_w2"].astype(np.float64).reshape(1, -1)
         for s in range(0, len(fm.x), _CHUNK):
             x = fm.x[s : s + _CHUNK].astype(np.float64)
             ur = fm.user_row[s : s + _CHUNK]
             v = np.einsum("rf,rf->r", x, wu[ur]) + float(p["lin_b"][0])
             if has_mlp:
-                h = x @ w1x
+                h = matmul_t(x, w1x)
                 h += uh[ur]
                 np.maximum(h, 0.0, out=h)
-                v += h @ w2 + float(p["mlp_b2"][0])
+                v += matmul_t(h, w2)[:, 0] + float(p["mlp_b2"][0])
             out[s : s + _CHUNK] = v
         return out
 
@@ -297,15 +298,15 @@ class FusionModel:
             ur = fm.user_row[s : s + _CHUNK]
             w = wu[ur]
             dx = x - x0
-            values[s : s + _CHUNK] = (dx * w) @ member[: len(gidx)]
+            values[s : s + _CHUNK] = matmul_t(dx * w, member[: len(gidx)].T)
             base[s : s + _CHUNK] = (x0 * w).sum(axis=1) + float(p["lin_b"][0]) + mlp0
             if "mlp_w1" in p:
                 du = fm.u[ur].astype(np.float64) - u0
-                b = dx @ w1[:, : x.shape[1]].T + du @ w1[:, x.shape[1] :].T
+                b = matmul_t(dx, w1[:, : x.shape[1]]) + matmul_t(du, w1[:, x.shape[1] :])
                 frac = _relu_path_fraction(pre0[None, :], b)
-                grad = (frac * w2) @ w1  # path-averaged gradient, [rows, F + U]
+                grad = matmul_t(frac * w2, w1.T)  # path-averaged gradient, [rows, F + U]
                 ig = np.concatenate([dx, du], axis=1) * grad
-                values[s : s + _CHUNK] += ig @ member
+                values[s : s + _CHUNK] += matmul_t(ig, member.T)
         return Contributions(
             groups,
             values.astype(np.float32),

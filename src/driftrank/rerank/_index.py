@@ -16,6 +16,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import scipy.sparse as sp
 
+from driftrank._linalg import matmul_t
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
 from driftrank.types import Ranking, csr_take_rows, topk
 
@@ -359,9 +360,9 @@ def _exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excl: sp.csr_matrix |
     n, n_items = len(q), len(vecs)
     step = max(1, _EXACT_BLOCK // max(1, n_items))
     if n <= step:
-        return topk(q @ vecs.T, k, excl)
+        return topk(matmul_t(q, vecs), k, excl)
     parts = [
-        topk(q[lo : lo + step] @ vecs.T, k, excl[lo : lo + step] if excl is not None else None)
+        topk(matmul_t(q[lo : lo + step], vecs), k, excl[lo : lo + step] if excl is not None else None)
         for lo in range(0, n, step)
     ]
     return Ranking(np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts]))

@@ -30,6 +30,7 @@ from typing import Any, Literal, Self, TypeVar
 import numpy as np
 import scipy.sparse as sp
 
+from driftrank._linalg import matmul_t
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
 from driftrank.types import csr_from_coo
@@ -368,7 +369,7 @@ class InterestModel:
             # (measured: 3 ms against 36 ms for 256 users × 200 candidates over 1.7k items).
             step = max(1, _SIMILARITY_BLOCK // (n_s * n_items))
             for lo in range(0, len(first), step):
-                full = (q[lo : lo + step].reshape(-1, q.shape[2]) @ vecs.T).reshape(-1, n_s, n_items)
+                full = matmul_t(q[lo : lo + step].reshape(-1, q.shape[2]), vecs).reshape(-1, n_s, n_items)
                 rows = np.flatnonzero((inverse >= lo) & (inverse < lo + step))
                 out[rows] = full[inverse[rows] - lo, :, i[rows]]
             return out

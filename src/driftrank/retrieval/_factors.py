@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg.lapack import dposv
 
+from driftrank._linalg import matmul_t
 from driftrank.data import Dataset
 from driftrank.errors import ModelFileError
 from driftrank.retrieval._base import Channel
@@ -334,14 +335,11 @@ class FactorChannel(Channel):
         n_fit = self._items_vec.shape[0]
         ok = self._has_vector(users)
         if ok.all() and n_fit == self._n_items:
-            # The common case: one matrix product straight into the result (for one user a
-            # row-major matrix-vector product, the cheapest pass over the item vectors).
-            if len(users) == 1:
-                return (self._items_vec @ self._users_vec[users[0]])[None, :]
-            return self._users_vec[users] @ self._items_vec.T
+            # The common case: one matrix product straight into the result.
+            return matmul_t(self._users_vec[users], self._items_vec)
         out = np.full((len(users), self._n_items), np.nan, dtype=np.float32)
         if ok.any():
-            out[ok, :n_fit] = self._users_vec[users[ok]] @ self._items_vec.T
+            out[ok, :n_fit] = matmul_t(self._users_vec[users[ok]], self._items_vec)
         return out
 
     # ------------------------------------------------------------------ online

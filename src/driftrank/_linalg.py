@@ -1,0 +1,45 @@
+"""Matrix products on the serving path, run by torch.
+
+The re-ranker runs on torch's thread pool; a numpy product runs on OpenBLAS's, whose threads
+keep spinning for a while after each call. On a machine with as many cores as threads (the
+2-core reference machine) the two pools then take the cores from each other: measured, a
+one-user request with two threads went from 9.6 to 16 ms at p50 (and 80 ms at p90) when the
+exact item search and the interest similarity used numpy products, and its p99 from 11.6 to
+17.7 ms with the factor channels' and the fusion layer's products in numpy too. Products
+that serve requests go here; torch only reads the arrays.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+_readonly_seen = False
+
+
+def _tensor(a: np.ndarray) -> Any:
+    import torch
+
+    global _readonly_seen
+    if a.flags.writeable or _readonly_seen:
+        return torch.from_numpy(a)
+    # torch warns once per process that it cannot mark the tensor read-only; it is only read.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        out = torch.from_numpy(a)
+    _readonly_seen = True
+    return out
+
+
+def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` for ``a: [n, d]`` and ``b: [m, d]``, in float64 when either is float64,
+    else float32."""
+    import torch
+
+    dtype = np.float64 if np.float64 in (np.asarray(a).dtype, np.asarray(b).dtype) else np.float32
+    x = _tensor(np.ascontiguousarray(a, dtype=dtype))
+    y = _tensor(np.ascontiguousarray(b, dtype=dtype))
+    with torch.inference_mode():
+        return (x @ y.T).numpy()  # type: ignore[no-any-return]

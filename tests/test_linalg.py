@@ -1,0 +1,33 @@
+"""The serving path's matrix products (torch) against numpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from driftrank._linalg import matmul_t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_t_equals_numpy_and_keeps_the_precision(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal((3, 5)).astype(dtype)
+    out = matmul_t(a, b)
+    assert out.dtype == dtype and out.shape == (7, 3)
+    np.testing.assert_allclose(out, a @ b.T, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # Mixed inputs compute in float64; a non-contiguous view works.
+    mixed = matmul_t(a.astype(np.float32), b.astype(np.float64)[:, ::-1][:, ::-1])
+    assert mixed.dtype == np.float64
+
+
+def test_read_only_inputs_are_used_without_a_warning() -> None:
+    b = np.arange(12, dtype=np.float32).reshape(4, 3)
+    b.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = matmul_t(np.ones((2, 3), dtype=np.float32), b)
+    np.testing.assert_array_equal(out, np.ones((2, 3), dtype=np.float32) @ b.T)
+    assert not b.flags.writeable
