@@ -99,6 +99,8 @@ def test_topk_equals_stable_full_sort_on_mixed_rows(n_items: int, k: int, seed: 
         np.testing.assert_array_equal(got, expect)
         np.testing.assert_array_equal(r.scores[row][: len(got)], scores[row, expect].astype(np.float32))
         assert np.all(np.isnan(r.scores[row][len(got) :]))
+        alone = topk(scores[row : row + 1], k)  # the one-row path of single-user requests
+        np.testing.assert_array_equal(alone.items[0], r.items[row])
 
 
 @given(st.integers(1, 40), st.integers(1, 50), st.integers(0, 2**31 - 1))

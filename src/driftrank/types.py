@@ -144,6 +144,13 @@ def top_order(keys: np.ndarray, kk: int) -> np.ndarray:
     n, m = keys.shape
     if kk >= m or kk == 0:
         return np.argsort(keys, axis=1, kind="stable")[:, :kk]
+    if n == 1:  # one-user requests: the same steps on a 1-d row, without the 2-d indexing
+        row = keys[0]
+        th = np.partition(row, kk - 1)[kk - 1]
+        cols = np.flatnonzero(row <= th)
+        if len(cols) > kk:
+            cols = cols[(row[cols] < th) | (np.cumsum(row[cols] == th) <= kk - (row[cols] < th).sum())]
+        return cols[np.argsort(row[cols], kind="stable")][None, :]
     threshold = np.partition(keys, kk - 1, axis=1)[:, kk - 1 : kk]
     take = keys <= threshold
     excess = np.flatnonzero(take.sum(axis=1) > kk)  # rows with a tie across the boundary

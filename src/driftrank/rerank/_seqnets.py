@@ -414,25 +414,27 @@ class RerankerNet(nn.Module):
         tables: tuple[Tensor, Tensor, Tensor, Tensor],
         cand: Tensor,
     ) -> Tensor:
-        """:meth:`scores` of candidate lists without gradients, with the same terms: one gather
-        of every per-item input and the candidate attention as one fused attention call per
-        query (``[B, H, C, L]``, the gap bias broadcast over the candidates). About 1.3x faster
-        on CPU; equal up to float rounding (tested)."""
+        """:meth:`scores` of candidate lists without gradients, with the same terms: the
+        candidate attention as one fused attention call per query (``[B, H, C, L]``, the gap
+        bias broadcast over the candidates). About 1.3x faster on CPU; equal up to float
+        rounding (tested)."""
         vec, bias, q_tab, o_tab = tables
         b, n, d = eh.shape
         nq, c = u.shape[1], cand.shape[2]
         h = self.attention_heads
         dh = d // h
-        per_item = torch.cat([vec, bias[:, None], q_tab.flatten(1), o_tab.flatten(1)], dim=1)
-        g = nnf.embedding(cand, per_item)  # [B, Q, C, 3d + 1]
-        dot = (u[:, :, None, :] * g[..., :d]).sum(-1) + g[..., d]
+        dot = (u[:, :, None, :] * nnf.embedding(cand, vec)).sum(-1) + nnf.embedding(cand, bias[:, None])[
+            ..., 0
+        ]
         k = self.att_k(eh).view(b, n, h, dh).transpose(1, 2)  # [B, H, L, dh]
         v = self.att_v(eh).view(b, n, h, dh).transpose(1, 2)
         gap_bias = self._gap_bias(gap, visible)  # [B, H, Q, L]
+        q_all = nnf.embedding(cand, q_tab.flatten(1))  # [B, Q, C, d]
+        o_all = nnf.embedding(cand, o_tab.flatten(1))
         att = []
         for j in range(nq):
-            q = g[:, j, :, d + 1 : 2 * d + 1].reshape(b, c, h, dh).transpose(1, 2)  # [B, H, C, dh]
-            o = g[:, j, :, 2 * d + 1 :].reshape(b, c, h, dh).transpose(1, 2)
+            q = q_all[:, j].reshape(b, c, h, dh).transpose(1, 2)  # [B, H, C, dh]
+            o = o_all[:, j].reshape(b, c, h, dh).transpose(1, 2)
             mixed = nnf.scaled_dot_product_attention(q, k, v, attn_mask=gap_bias[:, :, j : j + 1])
             att.append((mixed * o).sum(-1).sum(1))  # [B, C]
         return dot + torch.stack(att, dim=1)
