@@ -31,3 +31,18 @@ def test_read_only_inputs_are_used_without_a_warning() -> None:
         out = matmul_t(np.ones((2, 3), dtype=np.float32), b)
     np.testing.assert_array_equal(out, np.ones((2, 3), dtype=np.float32) @ b.T)
     assert not b.flags.writeable
+
+
+def test_numpy_computes_them_in_a_process_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from driftrank._linalg import matmul_t\n"
+        "a = np.arange(6, dtype=np.float32).reshape(2, 3)\n"
+        "out = matmul_t(a, a)\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert out.dtype == np.float32 and np.array_equal(out, a @ a.T)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

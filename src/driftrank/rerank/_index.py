@@ -32,7 +32,7 @@ class ItemIndexConfig:
 
     Attributes:
         kind: ``"exact"`` (brute force: one matrix product), ``"hnsw"``, ``"ivf"`` or ``"auto"``:
-            exact up to ``exact_max_items`` items (a flat scan of 50k × 384 floats is a few ms
+            exact up to ``exact_max_items`` items (a product with 50k × 384 floats is a few ms
             per query batch row, and exact means no recall loss), HNSW up to
             ``hnsw_max_items`` (best recall per query time, no training), IVF beyond (less
             memory and faster to build on millions of items). Chosen once, when built.
