@@ -133,6 +133,18 @@ def _topk_shared(
     return Ranking(items, out)
 
 
+def padded_rows(offsets: np.ndarray, values: np.ndarray, fill: float = np.inf) -> np.ndarray:
+    """``float64[n_rows, widest row]``: row ``r`` holds ``values[offsets[r]:offsets[r + 1]]`` in
+    order, then ``fill`` (``offsets: int[n_rows + 1]``, ascending from 0), so that per-row
+    sorts and partial sorts of ragged groups run as one 2-d call."""
+    starts = np.asarray(offsets[:-1], dtype=np.int64)
+    counts = np.diff(offsets)
+    table = np.full((len(counts), int(counts.max(initial=0))), fill)
+    row = np.repeat(np.arange(len(counts)), counts)
+    table[row, np.arange(len(values)) - starts[row]] = values
+    return table
+
+
 def top_order(keys: np.ndarray, kk: int) -> np.ndarray:
     """``int[n, kk]``: per row, the columns of the ``kk`` smallest ``keys`` (``float[n, m]``, no
     NaN), ascending, ties by column: the first ``kk`` of a stable argsort, without sorting all.

@@ -9,7 +9,7 @@ from typing import Literal, Protocol, Self, runtime_checkable
 import numpy as np
 
 from driftrank.errors import DataError
-from driftrank.types import Candidates, Ranking, top_order
+from driftrank.types import Candidates, Ranking, padded_rows, top_order
 
 __all__ = [
     "Contributions",
@@ -243,10 +243,7 @@ def _top_rows(candidates: Candidates, scores: np.ndarray, k: int) -> np.ndarray 
     if np.isinf(key).any():
         return None
     key[np.isnan(key)] = np.inf
-    table = np.full((n, width), np.inf)
-    row_user = candidates.user_of_row()
-    within = np.arange(len(key)) - candidates.offsets[:-1][row_user]
-    table[row_user, within] = key
+    table = padded_rows(candidates.offsets, key)
     kk = min(k + 1, width)  # one past k shows a tie at the edge
     cols = top_order(table, kk)
     top = np.take_along_axis(table, cols, axis=1)

@@ -244,7 +244,7 @@ class ItemIndex:
             # An approximate index missed items it should have found: answer those rows exactly.
             rows = np.flatnonzero(short)
             ex_rows = excl[rows] if excl is not None else None
-            r = topk(q[rows] @ vecs.T, kk, ex_rows)
+            r = topk(matmul_t(q[rows], vecs), kk, ex_rows)
             items[rows, :kk], scores[rows, :kk] = r.items, r.scores
         return Ranking(items, scores)
 

@@ -367,8 +367,6 @@ class RerankerNet(nn.Module):
         vec, bias, q_tab, o_tab = tables
         b, n, d = eh.shape
         nq = u.shape[1]
-        if cand is not None and self.candidate_attention and not torch.is_grad_enabled():
-            return self._served_scores(u, gap, visible, eh, tables, cand)
         if cand is None:
             dot = u @ vec.T + bias
         else:
@@ -383,6 +381,8 @@ class RerankerNet(nn.Module):
         # Heads lead and history positions come last, so the softmax runs over a contiguous axis.
         k = self.att_k(eh).view(b, n, h, dh).transpose(1, 2)  # [B, H, L, dh]
         v = self.att_v(eh).view(b, n, h, dh).transpose(1, 2)
+        if cand is not None and not torch.is_grad_enabled():
+            return dot + self._fused_candidate_attention(k, v, self._gap_bias(gap, visible), tables, cand)
         if cand is None:
             q = q_tab.transpose(0, 1)[None]  # [1, H, N, dh]
             o = o_tab.transpose(0, 1)[None, :, None]  # [1, H, 1, N, dh]
@@ -405,30 +405,22 @@ class RerankerNet(nn.Module):
         gap_bias = self.att_gap[:, gap_buckets(gap, self.n_buckets)]  # [H, B, Q, L]
         return gap_bias.masked_fill(~visible[None], float("-inf")).transpose(0, 1)
 
-    def _served_scores(
+    def _fused_candidate_attention(
         self,
-        u: Tensor,
-        gap: Tensor,
-        visible: Tensor,
-        eh: Tensor,
+        k: Tensor,
+        v: Tensor,
+        gap_bias: Tensor,
         tables: tuple[Tensor, Tensor, Tensor, Tensor],
         cand: Tensor,
     ) -> Tensor:
-        """:meth:`scores` of candidate lists without gradients, with the same terms: the
-        candidate attention as one fused attention call per query (``[B, H, C, L]``, the gap
-        bias broadcast over the candidates). About 1.3x faster on CPU; equal up to float
+        """The candidate-attention term of :meth:`scores` ``[B, Q, C]`` for candidate lists,
+        without gradients: one fused attention call per query over ``[B, H, C, L]`` (``k``,
+        ``v``: ``[B, H, L, dh]``; ``gap_bias``: ``[B, H, Q, L]``, broadcast over the
+        candidates). About 1.3x faster on CPU than the written-out form; equal up to float
         rounding (tested)."""
-        vec, bias, q_tab, o_tab = tables
-        b, n, d = eh.shape
-        nq, c = u.shape[1], cand.shape[2]
-        h = self.attention_heads
-        dh = d // h
-        dot = (u[:, :, None, :] * nnf.embedding(cand, vec)).sum(-1) + nnf.embedding(cand, bias[:, None])[
-            ..., 0
-        ]
-        k = self.att_k(eh).view(b, n, h, dh).transpose(1, 2)  # [B, H, L, dh]
-        v = self.att_v(eh).view(b, n, h, dh).transpose(1, 2)
-        gap_bias = self._gap_bias(gap, visible)  # [B, H, Q, L]
+        _, _, q_tab, o_tab = tables
+        b, h, _, dh = k.shape
+        nq, c = cand.shape[1], cand.shape[2]
         q_all = nnf.embedding(cand, q_tab.flatten(1))  # [B, Q, C, d]
         o_all = nnf.embedding(cand, o_tab.flatten(1))
         att = []
@@ -437,7 +429,7 @@ class RerankerNet(nn.Module):
             o = o_all[:, j].reshape(b, c, h, dh).transpose(1, 2)
             mixed = nnf.scaled_dot_product_attention(q, k, v, attn_mask=gap_bias[:, :, j : j + 1])
             att.append((mixed * o).sum(-1).sum(1))  # [B, C]
-        return dot + torch.stack(att, dim=1)
+        return torch.stack(att, dim=1)
 
 
 class SASRecNet(nn.Module):

@@ -19,7 +19,7 @@ from driftrank.retrieval._common import (
     config_from_dict,
     config_to_dict,
 )
-from driftrank.types import Candidates, Ranking
+from driftrank.types import Candidates, Ranking, padded_rows
 
 __all__ = ["DEFAULT_QUOTAS", "CandidateMerger", "MergerConfig", "candidate_recall"]
 
@@ -384,16 +384,13 @@ def _row_order(rows: np.ndarray, primary: np.ndarray, secondary: np.ndarray, b: 
     row-wise sort); ``secondary`` only matters, and a full lexsort only runs, when a row holds
     equal ``primary`` values.
     """
-    m = len(rows)
     counts = np.bincount(rows, minlength=b)
-    width = int(counts.max()) if m else 0
-    if width == 0:
+    if len(rows) == 0:
         return np.zeros(0, dtype=np.int64)
-    starts = np.zeros(b, dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    within = np.arange(m) - starts[rows]
-    table = np.full((b, width), np.inf)
-    table[rows, within] = primary
+    offsets = np.zeros(b + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    table = padded_rows(offsets, primary)
+    width = table.shape[1]
     order = np.argsort(table, axis=1)
     ranked = np.take_along_axis(table, order, axis=1)
     if (
@@ -402,7 +399,7 @@ def _row_order(rows: np.ndarray, primary: np.ndarray, secondary: np.ndarray, b: 
     ):
         return np.lexsort((secondary, primary, rows))
     live = np.arange(width) < counts[:, None]  # sorted rows keep their padding at the end
-    return (starts[:, None] + order)[live]
+    return (offsets[:-1, None] + order)[live]
 
 
 def candidates_to_ranking(c: Candidates, k: int) -> Ranking:
