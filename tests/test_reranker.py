@@ -201,22 +201,32 @@ def test_state_roundtrip_gives_identical_scores(fitted: SequenceReranker, small_
         SequenceReranker.from_state({**config, "format": "other/1"}, arrays)
 
 
-def test_early_stopping_reports_and_restores_best(small_drifting: Dataset) -> None:
-    cfg = SequenceRerankerConfig(**{**TINY, "early_stopping": True, "max_epochs": 6, "patience": 2})
+@pytest.mark.parametrize("average", [1, 3])
+def test_early_stopping_reports_and_restores_best(small_drifting: Dataset, average: int) -> None:
+    cfg = SequenceRerankerConfig(
+        **{**TINY, "early_stopping": True, "max_epochs": 6, "patience": 2, "average_checkpoints": average}
+    )
     model = SequenceReranker(cfg).fit(small_drifting, random_vectors(small_drifting))
     rep = model.fit_report_
     assert rep is not None and rep.best_score is not None
     scores = [h["ndcg@10"] for h in rep.history]
     assert rep.best_score == max(scores)
     assert rep.history[rep.best_epoch - 1]["ndcg@10"] == rep.best_score
-    # The kept weights are the best epoch's: re-measuring validation gives its score.
+    kept = rep.best_score
+    if average > 1:
+        assert rep.averaged == tuple(range(rep.epochs - 2, rep.epochs + 1))
+        assert rep.averaged_score is not None
+        kept = rep.averaged_score
+    else:
+        assert rep.averaged == () and rep.averaged_score is None
+    # The kept weights are the best epoch's (or the average): re-measuring validation gives its score.
     train, val = carve_last(small_drifting)
     probe = SequenceReranker.from_state(*model.get_state())
     probe.histories_ = Histories.from_dataset(train)
     ranked = probe.rank(val.users, 10, exclude=train.seen, at=val.timestamps)
     hits = ranked.items == val.items[:, None]
     ndcg = np.where(hits.any(1), 1.0 / np.log2(hits.argmax(1) + 2.0), 0.0).mean()
-    assert ndcg == pytest.approx(rep.best_score, abs=1e-9)
+    assert ndcg == pytest.approx(kept, abs=1e-9)
 
 
 def test_hard_negatives_from_candidates(small_drifting: Dataset) -> None:
@@ -645,7 +655,7 @@ def test_early_stopping_waits_for_min_epochs() -> None:
 
     def run(min_epochs: int) -> tuple[int, int]:
         scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01, 0.0])  # only worse after epoch 1
-        epochs, best, _, _ = train_loop(
+        loop = train_loop(
             net,
             epochs=8,
             lr=1e-3,
@@ -656,7 +666,47 @@ def test_early_stopping_waits_for_min_epochs() -> None:
             patience=1,
             min_epochs=min_epochs,
         )
-        return epochs, best
+        return loop.epochs, loop.best_epoch
 
     assert run(0) == (2, 1)  # stops at the first evaluation without improvement
     assert run(5) == (5, 1)  # the same scores, but not before epoch 5; the best weights stay epoch 1
+
+
+@pytest.mark.parametrize("average", [1, 3])
+def test_train_loop_keeps_the_best_or_the_mean_of_the_last_checkpoints(average: int) -> None:
+    import torch
+
+    from driftrank.rerank._train import train_loop
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    seen: list[torch.Tensor] = []  # the weights at each evaluation
+    scores = iter([0.1, 0.3, 0.2, 0.25, 0.15, 0.9])  # best at epoch 2, early stop after epoch 5
+
+    def validate() -> float:
+        seen.append(net.weight.detach().clone())
+        return next(scores)
+
+    loop = train_loop(
+        net,
+        epochs=8,
+        lr=0.1,
+        weight_decay=0.0,
+        batches=lambda e: [torch.randn(5, 3)],
+        step=lambda b: (net(b) - 1.0).pow(2).mean(),
+        validate=validate,
+        patience=3,
+        average=average,
+    )
+    assert (loop.epochs, loop.best_epoch, loop.best_score) == (5, 2, 0.3)
+    if average == 1:
+        assert loop.averaged == () and loop.averaged_score is None
+        assert torch.equal(net.weight, seen[1])
+    else:
+        # The last three checkpoints (epochs 3-5), averaged, then validated once more.
+        assert loop.averaged == (3, 4, 5) and loop.averaged_score == 0.9
+        assert torch.allclose(net.weight, torch.stack(seen[2:5]).mean(0), atol=1e-7)
+        assert torch.equal(seen[-1], net.weight)  # the reported score is the average's
+    assert not net.training
+    with pytest.raises(ValueError, match="average must be a positive integer"):
+        train_loop(net, epochs=1, lr=0.1, weight_decay=0.0, batches=lambda e: [], step=lambda b: b, average=0)

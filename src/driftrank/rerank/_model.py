@@ -78,6 +78,10 @@ class SequenceRerankerConfig:
             users is noisy and can stall for a few epochs while the loss still falls (on
             ml-latest-small it did at epochs 4-6, then rose again), so a short patience alone
             can stop far too soon.
+        average_checkpoints: keep the mean of the weights of the last this many evaluated
+            epochs instead of the best epoch's (``1``: the best epoch's). With early stopping and
+            the default ``patience + 1``, that is the best checkpoint and the ones after it:
+            +0.007-0.011 test NDCG@10 on ml-100k over the best checkpoint alone (docs/reranker.md).
         stride: training windows of ``max_len + 1`` events end at each user's last event and,
             with a stride, every ``stride`` events before (``None``: the last window only).
         listwise_positions: positions per window that also get the listwise loss over the
@@ -117,6 +121,7 @@ class SequenceRerankerConfig:
     min_epochs: int = 10
     eval_every: int = 1
     early_stopping: bool = True
+    average_checkpoints: int = 4
     stride: int | None = 50
     listwise_positions: int = 4
     n_hard: int = 16
@@ -144,6 +149,7 @@ class SequenceRerankerConfig:
             "max_epochs",
             "patience",
             "eval_every",
+            "average_checkpoints",
             "listwise_positions",
         )
         for name in positive:
@@ -319,9 +325,9 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                     idx = order[s : s + cfg.batch_size]
                     yield self._make_batch(w_items[idx], w_times[idx], w_users[idx], n_items, rng, pool)
 
-            pre_history: tuple[dict[str, float], ...] = ()
+            pre = None
             if cfg.pretrain == "masked" and cfg.pretrain_epochs:
-                _, _, _, pre_history = train_loop(
+                pre = train_loop(
                     net,
                     epochs=cfg.pretrain_epochs,
                     lr=cfg.lr,
@@ -341,7 +347,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                     ranked = self._rank_with(net, train_h, val.users, 10, seen, val.timestamps)
                     return ndcg_at_10(ranked.items, val)
 
-            epochs, best_epoch, best_score, hist = train_loop(
+            loop = train_loop(
                 net,
                 epochs=cfg.max_epochs,
                 lr=cfg.lr,
@@ -354,13 +360,12 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                 eval_every=cfg.eval_every,
                 progress=cfg.progress,
                 desc="rerank",
+                average=cfg.average_checkpoints,
             )
         net.eval()
         self.net_ = net
         self.histories_ = Histories.from_dataset(dataset)
-        self.fit_report_ = FitReport(
-            epochs, best_epoch, best_score, time.perf_counter() - start, hist, pre_history
-        )
+        self.fit_report_ = FitReport.of(loop, time.perf_counter() - start, pre)
         return self
 
     def _make_batch(

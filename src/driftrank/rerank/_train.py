@@ -1,7 +1,8 @@
 """The training loop shared by the torch sequence models.
 
 Adam over epochs of mini-batches, validation NDCG@10 after every ``eval_every`` epochs, early
-stopping with a patience counted in evaluations, and the best weights restored at the end.
+stopping with a patience counted in evaluations, and at the end either the best weights or the
+average of the last few checkpoints (``average``).
 Everything random inside runs under :func:`seeded`, which forks torch's global generator so a
 fit neither depends on nor disturbs the caller's random state.
 """
@@ -12,10 +13,11 @@ import copy
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from driftrank.eval import Targets, metrics_at, target_ranks
 
 log = logging.getLogger("driftrank.rerank")
 
-__all__ = ["FitReport", "load_net_arrays", "ndcg_at_10", "net_arrays", "seeded", "train_loop"]
+__all__ = ["FitReport", "LoopResult", "load_net_arrays", "ndcg_at_10", "net_arrays", "seeded", "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class FitReport:
     kept; ``best_score``: its validation NDCG@10 (``None`` without validation); ``seconds``:
     wall time of the whole fit; ``history``: one dict per epoch (``epoch``, ``loss``, and
     ``ndcg@10`` where evaluated); ``pretrain_history`` likewise for pre-training epochs.
+    ``averaged``: the epochs whose weights were averaged into the kept model (empty when the
+    best epoch's weights were kept as they are); ``averaged_score``: that average's validation
+    NDCG@10.
     """
 
     epochs: int
@@ -44,12 +49,15 @@ class FitReport:
     seconds: float
     history: tuple[dict[str, float], ...]
     pretrain_history: tuple[dict[str, float], ...] = ()
+    averaged: tuple[int, ...] = ()
+    averaged_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (stored with the model)."""
         out = asdict(self)
         out["history"] = [dict(h) for h in self.history]
         out["pretrain_history"] = [dict(h) for h in self.pretrain_history]
+        out["averaged"] = list(self.averaged)
         return out
 
     @classmethod
@@ -62,7 +70,36 @@ class FitReport:
             float(d["seconds"]),
             tuple(dict(h) for h in d["history"]),
             tuple(dict(h) for h in d.get("pretrain_history", ())),
+            tuple(int(e) for e in d.get("averaged", ())),
+            None if d.get("averaged_score") is None else float(d["averaged_score"]),
         )
+
+    @classmethod
+    def of(cls, loop: LoopResult, seconds: float, pretrain: LoopResult | None = None) -> FitReport:
+        """The report of a fit whose main training was ``loop`` (and pre-training ``pretrain``)."""
+        return cls(
+            loop.epochs,
+            loop.best_epoch,
+            loop.best_score,
+            seconds,
+            loop.history,
+            () if pretrain is None else pretrain.history,
+            loop.averaged,
+            loop.averaged_score,
+        )
+
+
+class LoopResult(NamedTuple):
+    """What :func:`train_loop` did: epochs run, the best evaluated epoch and its score, one
+    record per epoch, and the epochs averaged into the kept weights (with that average's
+    validation score)."""
+
+    epochs: int
+    best_epoch: int
+    best_score: float | None
+    history: tuple[dict[str, float], ...]
+    averaged: tuple[int, ...] = ()
+    averaged_score: float | None = None
 
 
 @contextmanager
@@ -107,15 +144,26 @@ def train_loop(
     progress: bool = False,
     desc: str = "train",
     max_grad_norm: float | None = 5.0,
-) -> tuple[int, int, float | None, tuple[dict[str, float], ...]]:
-    """Train ``net`` with Adam; returns ``(epochs_run, best_epoch, best_score, history)``.
+    average: int = 1,
+) -> LoopResult:
+    """Train ``net`` with Adam and leave it in eval mode with the weights to keep.
 
     ``batches(epoch)`` yields the epoch's batches (it owns shuffling and sampling, seeded by the
     caller); ``step(batch)`` returns the scalar loss. With ``validate`` (higher is better,
     called under ``torch.inference_mode`` in eval mode) training stops once ``patience``
     evaluations in a row did not improve on the best (never before epoch ``min_epochs``), and
     the best weights are restored.
+
+    ``average > 1`` keeps instead the mean of the weights of the last ``average`` checkpoints
+    (the evaluated epochs; every epoch without ``validate``). After an early stop with
+    ``average = patience + 1`` these are the best checkpoint and the ones after it. On the
+    small MovieLens sets the validation score moves by ±0.005 NDCG@10 from epoch to epoch, and
+    the average of those neighbours ranks better than any one of them (docs/reranker.md). The
+    average is validated too and reported, but kept either way: picking it only when its score
+    beats the best checkpoint's would compare it with a maximum of noisy scores.
     """
+    if isinstance(average, bool) or not isinstance(average, int) or average < 1:
+        raise ValueError(f"average must be a positive integer, got {average!r}")
     params = [p for p in net.parameters() if p.requires_grad]
     # foreach: one multi-tensor update per step (the per-tensor loop is torch's CPU default).
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
@@ -124,6 +172,8 @@ def train_loop(
     best_state: dict[str, torch.Tensor] | None = None
     bad = 0
     history: list[dict[str, float]] = []
+    # (epoch, weights) of the last `average` checkpoints, copied off the live parameters.
+    recent: deque[tuple[int, dict[str, torch.Tensor]]] = deque(maxlen=average)
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
     epoch = 0
     for epoch in bar:
@@ -152,6 +202,8 @@ def train_loop(
                 best_state = copy.deepcopy(net.state_dict())
             else:
                 bad += 1
+        if average > 1 and (validate is None or "ndcg@10" in record):
+            recent.append((epoch, copy.deepcopy(net.state_dict())))
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         log.info(
@@ -171,9 +223,34 @@ def train_loop(
             log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch, best_epoch)
             break
     bar.close()
-    if best_state is not None:
+    averaged: tuple[int, ...] = ()
+    averaged_score: float | None = None
+    if len(recent) > 1:
+        net.load_state_dict(_mean_state([state for _, state in recent]))
+        averaged = tuple(e for e, _ in recent)
+        net.eval()
+        if validate is not None:
+            with torch.inference_mode():
+                averaged_score = float(validate())
+            log.info(
+                "%s: average of epochs %s, validation NDCG@10 %.4f", desc, list(averaged), averaged_score
+            )
+    elif best_state is not None:
         net.load_state_dict(best_state)
-    else:
+    if best_state is None:
         best_epoch = epoch
     net.eval()
-    return epoch, best_epoch, best_score, tuple(history)
+    return LoopResult(epoch, best_epoch, best_score, tuple(history), averaged, averaged_score)
+
+
+def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point entries (summed in float64); other entries (integer
+    buffers) from the last state."""
+    out: dict[str, torch.Tensor] = {}
+    for name, last in states[-1].items():
+        if last.is_floating_point():
+            total = torch.stack([s[name].double() for s in states]).sum(0)
+            out[name] = (total / len(states)).to(last.dtype)
+        else:
+            out[name] = last
+    return out
