@@ -48,6 +48,44 @@ def test_rank_known_user(engine: Engine, data: Dataset) -> None:
     assert frame.columns[:4] == ["rank", "item_id", "title", "score"]
 
 
+def test_contributions_are_computed_once_per_call_when_first_read(
+    engine: Engine, data: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = list(data.user_ids.ids[:5])
+    eager = [(r.contributions, r.base) for r in engine.rank_batch(users, k=6)]
+    fuser = engine._fuser
+    calls = []
+    explain = fuser.explain
+    monkeypatch.setattr(fuser, "explain", lambda *a, **kw: calls.append(1) or explain(*a, **kw))
+    batch = engine.rank_batch(users, k=6)
+    assert calls == []  # ranking alone does not explain
+    barrier = threading.Barrier(4)
+
+    read_groups: list[set[str]] = []
+
+    def read(j: int) -> None:
+        barrier.wait()
+        read_groups.append(set(batch[j].contributions))
+
+    threads = [threading.Thread(target=read, args=(j,)) for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1]  # one computation for the whole call, whichever thread read first
+    assert len(read_groups) == 4 and all(g == set(eager[0][0]) for g in read_groups)
+    for r, (contribs, base) in zip(batch, eager, strict=True):
+        np.testing.assert_array_equal(r.base, base)
+        assert r.contributions.keys() == contribs.keys()
+        for g in contribs:
+            np.testing.assert_array_equal(r.contributions[g], contribs[g])
+            assert len(r.contributions[g]) == len(r.items)
+    # An earlier result keeps explaining its own ranking after new events arrive.
+    first = engine.rank(users[0], k=6)
+    engine.observe([(users[0], data.item_ids.ids[0], float(data.timestamps.max()) + 60.0)])
+    np.testing.assert_allclose(first.base + sum(first.contributions.values()), first.scores, atol=1e-4)
+
+
 def test_batch_equals_single(engine: Engine, data: Dataset) -> None:
     users = list(data.user_ids.ids[:6])
     batch = engine.rank_batch(users, k=5)

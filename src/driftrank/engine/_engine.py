@@ -29,6 +29,44 @@ __all__ = ["Engine", "RankResult"]
 DAY = 86400.0
 
 
+Explanations = tuple[list[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class _BatchExplanations:
+    """The contributions and bases of one ranking call's results, computed on first read.
+
+    Attributing each score to the signals costs about a fifth of a one-user request (the
+    fusion layer's path-averaged gradients), and most callers only read the items, so the
+    results of a call share this object and the first ``contributions`` or ``base`` read
+    computes them for every user of the call, once (thread-safe). It keeps what it needs (the
+    fitted fusion layer and the call's signals), so a later ``observe`` or refit does not
+    change what an earlier result explains.
+    """
+
+    __slots__ = ("_compute", "_lock", "_value")
+
+    def __init__(self, compute: Callable[[], Explanations] | None, value: Explanations | None = None) -> None:
+        self._compute = compute
+        self._value = value
+        self._lock = threading.Lock()
+
+    @classmethod
+    def ready(cls, contributions: dict[str, np.ndarray], base: np.ndarray) -> _BatchExplanations:
+        """Already computed, for one result."""
+        return cls(None, ([contributions], [base]))
+
+    def get(self, j: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    assert self._compute is not None
+                    self._value = self._compute()
+                    self._compute = None  # drop the signals it held
+                value = self._value
+        return value[0][j], value[1][j]
+
+
 @dataclass(frozen=True)
 class RankResult:
     """One user's ranking.
@@ -38,21 +76,35 @@ class RankResult:
         item_ids: raw item ids, best first (``k`` or fewer).
         items: the same as item indices.
         scores: ``float32[k]`` final scores.
+        titles: item titles, for display.
+        at: the ranking time (unix seconds).
         contributions: per signal group, ``float32[k]`` how much it added to each score (the
             scores equal ``base`` plus the sum of the contributions).
         base: ``float32[k]`` the score part no signal explains.
-        titles: item titles, for display.
-        at: the ranking time (unix seconds).
+
+    ``contributions`` and ``base`` are computed when first read, for all results of the same
+    ``rank``/``rank_batch`` call at once; a caller that reads only the items does not pay for
+    them.
     """
 
     user: object | None
     item_ids: np.ndarray
     items: np.ndarray
     scores: np.ndarray
-    contributions: dict[str, np.ndarray]
-    base: np.ndarray
     titles: list[str]
     at: float
+    _explained: _BatchExplanations = field(repr=False, compare=False)
+    _row: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def contributions(self) -> dict[str, np.ndarray]:
+        """Per signal group, how much it added to each item's score."""
+        return self._explained.get(self._row)[0]
+
+    @property
+    def base(self) -> np.ndarray:
+        """The score part no signal explains."""
+        return self._explained.get(self._row)[1]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -575,11 +627,13 @@ class Engine:
         keep: Callable[[np.ndarray], np.ndarray] | None = None,
         explain: bool = False,
         only: np.ndarray | None = None,
-    ) -> tuple[Ranking, list[dict[str, np.ndarray]], list[np.ndarray]]:
-        """Core batch path: candidates → signals → fused scores → top-k (+ contributions).
+    ) -> tuple[Ranking, Callable[[], Explanations] | None]:
+        """Core batch path: candidates → signals → fused scores → top-k.
 
         ``keep`` (item indices → bool) drops items from the ranking; ``only: int[m]`` ranks
-        exactly those items (less the excluded), retrieved or not."""
+        exactly those items (less the excluded), retrieved or not. With ``explain``, also a
+        function that computes each user's contributions and bases (``k`` wide, NaN past the
+        end of a short list); it holds the fusion layer and the signals of this call."""
         from driftrank.fusion import rank_candidates
 
         cands = self._candidates(users, at, exclude=exclude)
@@ -589,12 +643,17 @@ class Engine:
         if keep is not None and len(cands.items):
             scores = np.where(keep(cands.items), scores, np.nan)  # NaN: never ranked
         ranking, rows = rank_candidates(cands, scores.astype(np.float32), k)
-        contribs: list[dict[str, np.ndarray]] = []
-        bases: list[np.ndarray] = []
-        if explain:
+        if not explain:
+            return ranking, None
+        fuser = self._fuser
+        n_users = len(users)
+
+        def explanations() -> Explanations:
+            contribs: list[dict[str, np.ndarray]] = []
+            bases: list[np.ndarray] = []
             flat = rows[rows >= 0]
-            if self._fuser is not None and len(flat):
-                c = self._fuser.explain(inputs, flat)
+            if fuser is not None and len(flat):
+                c = fuser.explain(inputs, flat)
                 flat_values = np.full((rows.size, len(c.groups)), np.nan, dtype=np.float32)
                 flat_base = np.full(rows.size, np.nan, dtype=np.float32)
                 mask = (rows >= 0).reshape(-1)
@@ -602,14 +661,16 @@ class Engine:
                 flat_base[mask] = c.base
                 values = flat_values.reshape(rows.shape[0], rows.shape[1], -1)
                 base = flat_base.reshape(rows.shape)
-                for j in range(len(users)):
+                for j in range(n_users):
                     contribs.append({g: values[j, :, gi] for gi, g in enumerate(c.groups)})
                     bases.append(base[j])
             else:
-                for j in range(len(users)):
-                    contribs.append({"rerank": ranking.scores[j]} if self._fuser is None else {})
+                for j in range(n_users):
+                    contribs.append({"rerank": ranking.scores[j]} if fuser is None else {})
                     bases.append(np.zeros(k, dtype=np.float32))
-        return ranking, contribs, bases
+            return contribs, bases
+
+        return ranking, explanations
 
     # ================================================================== public API
     def rank(
@@ -723,15 +784,25 @@ class Engine:
             only = None if candidates is None else self._candidate_items(candidates)
             exclude = self._seen_matrix(users) if exclude_seen else None
             at_opt = None if np.isnan(at_arr).all() else at_arr
-            ranking, contribs, bases = self._rank_indices(
+            ranking, explain = self._rank_indices(
                 users, k, at_opt, exclude, keep=keep, explain=True, only=only
             )
+            assert explain is not None
             at_used = self._resolve_at(users, at_opt)
             titles = self._titles(st)
+            valid = ranking.items >= 0
+
+            def trimmed() -> Explanations:
+                contribs, bases = explain()
+                return (
+                    [{g: v[valid[j]] for g, v in c.items()} for j, c in enumerate(contribs)],
+                    [b[valid[j]] for j, b in enumerate(bases)],
+                )
+
+            explained = _BatchExplanations(trimmed)
             out = []
             for j, u in enumerate(users.tolist()):
-                valid = ranking.items[j] >= 0
-                items = ranking.items[j][valid]
+                items = ranking.items[j][valid[j]]
                 out.append(
                     RankResult(
                         user=st.user_ids.ids[u].item()
@@ -739,11 +810,11 @@ class Engine:
                         else st.user_ids.ids[u],
                         item_ids=st.item_ids.ids[items],
                         items=items,
-                        scores=ranking.scores[j][valid],
-                        contributions={g: v[valid] for g, v in contribs[j].items()},
-                        base=bases[j][valid],
+                        scores=ranking.scores[j][valid[j]],
                         titles=[titles[i] for i in items.tolist()],
                         at=float(at_used[j]),
+                        _explained=explained,
+                        _row=j,
                     )
                 )
             return out
@@ -831,13 +902,15 @@ class Engine:
                 item_ids=st.item_ids.ids[order],
                 items=order.astype(np.int64),
                 scores=score[order].astype(np.float32),
-                contributions={
-                    "text": ((1 - w) * sims[order]).astype(np.float32),
-                    "popularity": (w * pop[order]).astype(np.float32),
-                },
-                base=np.zeros(len(order), dtype=np.float32),
                 titles=[titles[i] for i in order.tolist()],
                 at=float(time.time()),
+                _explained=_BatchExplanations.ready(
+                    {
+                        "text": ((1 - w) * sims[order]).astype(np.float32),
+                        "popularity": (w * pop[order]).astype(np.float32),
+                    },
+                    np.zeros(len(order), dtype=np.float32),
+                ),
             )
 
     # ================================================================== online
