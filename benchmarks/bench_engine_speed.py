@@ -8,7 +8,8 @@ measures, in one process and under the same thread settings:
 - single-user latency: ``engine.rank(user, k=10)`` for ``--users`` users (after a warm-up on
   other users), twice: each user's first request (nothing memoised for them, as right after
   ``fit`` or a new event: ``engine.clear_caches()`` runs first) and a repeat request (their
-  encoded history memoised),
+  encoded history memoised); reading the result's ``contributions`` (which computes them) is
+  timed apart and reported added to the first requests as ``hybrid_with_contributions``;
   p50/p90/p99/mean in milliseconds, against implicit's ALS (64 factors, fitted on the same
   training CSR) ``recommend(u, user_items[u], N=10, filter_already_liked_items=True)`` for the
   same users; the two are timed alternately, user by user, so that background load hits both;
@@ -136,29 +137,34 @@ def fit_als(user_items: Any, threads: int, seed: int) -> tuple[Any, float]:
 
 def single_user_latency(
     engine: Engine, als: Any, user_items: Any, raw_ids: list[Any], index: np.ndarray, warmup: list[Any]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Seconds per request of the hybrid and of ALS for each user (timed alternately), for each
     user's first request (nothing memoised for them: as right after ``fit`` or a new event) and
-    for a repeat request (their encoded history memoised). ``warmup`` users are ranked first."""
+    for a repeat request (their encoded history memoised), and the seconds of then reading the
+    result's ``contributions`` (computed on first read). ``warmup`` users are ranked first."""
     for raw in warmup:
-        engine.rank(raw, k=K)
+        engine.rank(raw, k=K).contributions  # noqa: B018 - the read computes them
         als.recommend(0, user_items[0], N=K, filter_already_liked_items=True)
     engine.clear_caches()
     out = {}
     for name in ("first", "repeat"):
         hybrid = np.empty(len(raw_ids))
+        explain = np.empty(len(raw_ids))
         reference = np.empty(len(raw_ids))
         for j, (raw, u) in enumerate(
             tqdm(zip(raw_ids, index.tolist(), strict=True), total=len(raw_ids), desc=name, leave=False)
         ):
             t = time.perf_counter()
-            engine.rank(raw, k=K)
+            result = engine.rank(raw, k=K)
             hybrid[j] = time.perf_counter() - t
+            t = time.perf_counter()
+            result.contributions  # noqa: B018 - the read computes them
+            explain[j] = time.perf_counter() - t
             row = user_items[u]
             t = time.perf_counter()
             als.recommend(u, row, N=K, filter_already_liked_items=True)
             reference[j] = time.perf_counter() - t
-        out[name] = (hybrid, reference)
+        out[name] = (hybrid, reference, explain)
     return out
 
 
@@ -250,11 +256,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with threadpool_limits(args.threads):
         timed = single_user_latency(engine, als, user_items, [raw_ids[i] for i in sample], sample, warmup)
         batch = batch_throughput(engine, als, user_items, raw_ids, args.batch_size, args.passes)
-    hybrid_s, als_s = timed["first"]
-    repeat_s, als_repeat_s = timed["repeat"]
+    hybrid_s, als_s, explain_s = timed["first"]
+    repeat_s, als_repeat_s, _ = timed["repeat"]
     hybrid_ups, als_ups = batch["hybrid_users_per_s"], batch["als_users_per_s"]
 
-    single = {"hybrid": summary_ms(hybrid_s), "als": summary_ms(als_s)}
+    single = {
+        "hybrid": summary_ms(hybrid_s),
+        "als": summary_ms(als_s),
+        "reading_contributions": summary_ms(explain_s),
+        "hybrid_with_contributions": summary_ms(hybrid_s + explain_s),
+    }
     repeat = {"hybrid": summary_ms(repeat_s), "als": summary_ms(als_repeat_s)}
     ratios = {
         f"{q}_latency": single["hybrid"][f"{q}_ms"] / single["als"][f"{q}_ms"]
@@ -305,9 +316,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{ds.name}: single-user top-{K}, {args.threads} thread(s)",
     )
     h, a, r = single["hybrid"], single["als"], repeat["hybrid"]
+    c = single["hybrid_with_contributions"]
     print(
         f"fit: hybrid {fit['total_seconds']:.1f} s ({fit['source']}), ALS {als_fit_s:.1f} s\n"
         f"single user (ms)   p50 {h['p50_ms']:7.2f}  p90 {h['p90_ms']:7.2f}  p99 {h['p99_ms']:7.2f}  mean {h['mean_ms']:7.2f}\n"
+        f"  + contributions  p50 {c['p50_ms']:7.2f}  p90 {c['p90_ms']:7.2f}  p99 {c['p99_ms']:7.2f}  mean {c['mean_ms']:7.2f}\n"
         f"  repeat request   p50 {r['p50_ms']:7.2f}  p90 {r['p90_ms']:7.2f}  p99 {r['p99_ms']:7.2f}  mean {r['mean_ms']:7.2f}\n"
         f"  ALS              p50 {a['p50_ms']:7.2f}  p90 {a['p90_ms']:7.2f}  p99 {a['p99_ms']:7.2f}  mean {a['mean_ms']:7.2f}\n"
         f"  ratio hybrid/ALS p50 {ratios['p50_latency']:7.1f}x p99 {ratios['p99_latency']:7.1f}x\n"
