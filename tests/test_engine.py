@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 from pathlib import Path
 
@@ -80,6 +82,12 @@ def test_contributions_are_computed_once_per_call_when_first_read(
         for g in contribs:
             np.testing.assert_array_equal(r.contributions[g], contribs[g])
             assert len(r.contributions[g]) == len(r.items)
+    # A result pickles and copies with its explanations (not the lock or the signals behind them).
+    back = pickle.loads(pickle.dumps(engine.rank_batch(users, k=6)))  # not read before pickling
+    np.testing.assert_array_equal(back[1].base, batch[1].base)
+    for g in batch[1].contributions:
+        np.testing.assert_array_equal(back[1].contributions[g], batch[1].contributions[g])
+    assert set(copy.deepcopy(batch[0]).contributions) == set(batch[0].contributions)
     # An earlier result keeps explaining its own ranking after new events arrive.
     first = engine.rank(users[0], k=6)
     engine.observe([(users[0], data.item_ids.ids[0], float(data.timestamps.max()) + 60.0)])

@@ -55,7 +55,7 @@ class _BatchExplanations:
         """Already computed, for one result."""
         return cls(None, ([contributions], [base]))
 
-    def get(self, j: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _computed(self) -> Explanations:
         value = self._value
         if value is None:
             with self._lock:
@@ -64,7 +64,21 @@ class _BatchExplanations:
                     self._value = self._compute()
                     self._compute = None  # drop the signals it held
                 value = self._value
+        return value
+
+    def get(self, j: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        value = self._computed()
         return value[0][j], value[1][j]
+
+    # Pickling or copying a result (e.g. to send it to another process) carries the computed
+    # explanations, not the lock and the signals behind them.
+    def __getstate__(self) -> Explanations:
+        return self._computed()
+
+    def __setstate__(self, value: Explanations) -> None:
+        self._compute = None
+        self._value = value
+        self._lock = threading.Lock()
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class SequenceRerankerConfig:
             epochs instead of the best epoch's (``1``: the best epoch's). With early stopping and
             the default ``patience + 1``, that is the best checkpoint and the ones after it:
             +0.007-0.011 test NDCG@10 on ml-100k over the best checkpoint alone (docs/reranker.md).
+            Training holds this many extra copies of the weights in memory.
         stride: training windows of ``max_len + 1`` events end at each user's last event and,
             with a stride, every ``stride`` events before (``None``: the last window only).
         listwise_positions: positions per window that also get the listwise loss over the
