@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ds, split = prepare_split(load_dataset(args.dataset))
     history = split.train if args.stage == "validation" else split.train_valid
     targets = split.validation if args.stage == "validation" else split.test
-    ranker = EngineRanker(EngineConfig(seed=0))
+    config = EngineConfig(seed=0)
+    ranker = EngineRanker(config)
     start = time.perf_counter()
     ranker.fit(history)
     fit_s = time.perf_counter() - start
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_in, train_t = ranker.fusion_training_data()
     eval_in = ranker.signals(targets.users, exclude=history.seen, at=targets.timestamps)
     eval_t = np.asarray(targets.items, dtype=np.int64)
-    base = ranker.engine.config.fusion_config
-    rows = []
+    base = config.fusion_config
+    rows: list[dict[str, Any]] = []
     for name, change in VARIANTS.items():
         scores = []
         for seed in range(args.seeds):
