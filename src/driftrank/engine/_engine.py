@@ -646,8 +646,9 @@ class Engine:
 
         ``keep`` (item indices → bool) drops items from the ranking; ``only: int[m]`` ranks
         exactly those items (less the excluded), retrieved or not. With ``explain``, also a
-        function that computes each user's contributions and bases (``k`` wide, NaN past the
-        end of a short list); it holds the fusion layer and the signals of this call."""
+        function that computes each user's contributions and bases, one value per ranked item
+        (a short list gives shorter arrays); it holds the fusion layer and the signals of this
+        call."""
         from driftrank.fusion import rank_candidates
 
         cands = self._candidates(users, at, exclude=exclude)
@@ -663,26 +664,20 @@ class Engine:
         n_users = len(users)
 
         def explanations() -> Explanations:
-            contribs: list[dict[str, np.ndarray]] = []
-            bases: list[np.ndarray] = []
-            flat = rows[rows >= 0]
+            valid = rows >= 0  # where ranking.items >= 0: each user's first entries
+            counts = valid.sum(axis=1)
+            flat = rows[valid]
             if fuser is not None and len(flat):
                 c = fuser.explain(inputs, flat)
-                flat_values = np.full((rows.size, len(c.groups)), np.nan, dtype=np.float32)
-                flat_base = np.full(rows.size, np.nan, dtype=np.float32)
-                mask = (rows >= 0).reshape(-1)
-                flat_values[mask] = c.values
-                flat_base[mask] = c.base
-                values = flat_values.reshape(rows.shape[0], rows.shape[1], -1)
-                base = flat_base.reshape(rows.shape)
-                for j in range(n_users):
-                    contribs.append({g: values[j, :, gi] for gi, g in enumerate(c.groups)})
-                    bases.append(base[j])
-            else:
-                for j in range(n_users):
-                    contribs.append({"rerank": ranking.scores[j]} if fuser is None else {})
-                    bases.append(np.zeros(k, dtype=np.float32))
-            return contribs, bases
+                bounds = np.cumsum(counts)[:-1]
+                values = np.split(np.asarray(c.values, dtype=np.float32), bounds)
+                base = np.split(np.asarray(c.base, dtype=np.float32), bounds)
+                contribs = [{g: v[:, gi] for gi, g in enumerate(c.groups)} for v in values]
+                return contribs, base
+            contribs = [
+                {"rerank": ranking.scores[j, : counts[j]]} if fuser is None else {} for j in range(n_users)
+            ]
+            return contribs, [np.zeros(n, dtype=np.float32) for n in counts.tolist()]
 
         return ranking, explanations
 
@@ -805,15 +800,7 @@ class Engine:
             at_used = self._resolve_at(users, at_opt)
             titles = self._titles(st)
             valid = ranking.items >= 0
-
-            def trimmed() -> Explanations:
-                contribs, bases = explain()
-                return (
-                    [{g: v[valid[j]] for g, v in c.items()} for j, c in enumerate(contribs)],
-                    [b[valid[j]] for j, b in enumerate(bases)],
-                )
-
-            explained = _BatchExplanations(trimmed)
+            explained = _BatchExplanations(explain)
             out = []
             for j, u in enumerate(users.tolist()):
                 items = ranking.items[j][valid[j]]

@@ -192,18 +192,24 @@ def train_loop(
             total += float(loss.detach())
             count += 1
         record: dict[str, float] = {"epoch": float(epoch), "loss": total / max(1, count)}
-        if validate is not None and (epoch % eval_every == 0 or epoch == epochs):
+        evaluated = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
+        # One copy of the weights per checkpoint, shared by the best and the recent ones.
+        snapshot = (
+            copy.deepcopy(net.state_dict()) if evaluated or (average > 1 and validate is None) else None
+        )
+        if average > 1 and snapshot is not None:
+            recent.append((epoch, snapshot))
+        if evaluated:
+            assert validate is not None
             net.eval()
             with torch.inference_mode():
                 score = float(validate())
             record["ndcg@10"] = score
             if best_score is None or score > best_score + 1e-9:
                 best_score, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy(net.state_dict())
+                best_state = snapshot
             else:
                 bad += 1
-        if average > 1 and (validate is None or "ndcg@10" in record):
-            recent.append((epoch, copy.deepcopy(net.state_dict())))
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         log.info(
@@ -223,12 +229,12 @@ def train_loop(
             log.info("%s: early stop after epoch %d (best epoch %d)", desc, epoch, best_epoch)
             break
     bar.close()
+    net.eval()
     averaged: tuple[int, ...] = ()
     averaged_score: float | None = None
     if len(recent) > 1:
         net.load_state_dict(_mean_state([state for _, state in recent]))
         averaged = tuple(e for e, _ in recent)
-        net.eval()
         if validate is not None:
             with torch.inference_mode():
                 averaged_score = float(validate())
@@ -239,7 +245,6 @@ def train_loop(
         net.load_state_dict(best_state)
     if best_state is None:
         best_epoch = epoch
-    net.eval()
     return LoopResult(epoch, best_epoch, best_score, tuple(history), averaged, averaged_score)
 
 
