@@ -193,11 +193,10 @@ def train_loop(
             count += 1
         record: dict[str, float] = {"epoch": float(epoch), "loss": total / max(1, count)}
         evaluated = validate is not None and (epoch % eval_every == 0 or epoch == epochs)
-        # One copy of the weights per checkpoint, shared by the best and the recent ones.
-        snapshot = (
-            copy.deepcopy(net.state_dict()) if evaluated or (average > 1 and validate is None) else None
-        )
-        if average > 1 and snapshot is not None:
+        # At most one copy of the weights per checkpoint, shared by the best and the recent ones.
+        snapshot = None
+        if average > 1 and (evaluated or validate is None):
+            snapshot = copy.deepcopy(net.state_dict())
             recent.append((epoch, snapshot))
         if evaluated:
             assert validate is not None
@@ -207,7 +206,7 @@ def train_loop(
             record["ndcg@10"] = score
             if best_score is None or score > best_score + 1e-9:
                 best_score, best_epoch, bad = score, epoch, 0
-                best_state = snapshot
+                best_state = snapshot if snapshot is not None else copy.deepcopy(net.state_dict())
             else:
                 bad += 1
         record["seconds"] = time.perf_counter() - start
