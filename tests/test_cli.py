@@ -135,12 +135,19 @@ def test_rerank_shares_the_hybrid_fit_and_ablation_is_recorded(tmp_path: Path) -
 
     data = make_drifting(n_users=40, n_items=60, n_topics=3, events_per_user=(8, 12), seed=3)
     params = _tiny_engine_params()
-    specs = [PipelineSpec("hybrid", "hybrid", params), PipelineSpec("rerank", "rerank", params)]
+    # A pipeline of another kind after the engine's is fitted on its own (its config is no
+    # EngineConfig: sharing must not even be tried).
+    specs = [
+        PipelineSpec("hybrid", "hybrid", params),
+        PipelineSpec("rerank", "rerank", params),
+        PipelineSpec("pop", "pop", {}),
+    ]
     res = run_benchmark(
         data, specs, out=tmp_path, latency_users=0, progress=False, keep_rankers=True, ablation=True
     )
     hybrid, rerank = res.pipelines["hybrid"], res.pipelines["rerank"]
     assert rerank["fit_shared_with"] == "hybrid" and "fit_shared_with" not in hybrid
+    assert "fit_shared_with" not in res.pipelines["pop"]
     assert rerank["fit_seconds"] == hybrid["fit_seconds"]
     # The shared engine ranks exactly as a fresh fit of the rerank config does.
     fresh = EngineRanker(EngineConfig.from_dict({"seed": 0, **params, "fusion": "reranker"}))

@@ -52,7 +52,12 @@ class EngineRanker:
         import copy
         import dataclasses
 
-        if self.engine is None or config.fusion != "reranker" or self.config.fusion == "reranker":
+        if (
+            self.engine is None
+            or not isinstance(config, EngineConfig)  # another pipeline kind (a CF channel, SASRec)
+            or config.fusion != "reranker"
+            or self.config.fusion == "reranker"
+        ):
             return None
         # Equal but for ``fusion``; EngineConfig refuses fusion="reranker" without a re-ranker.
         if dataclasses.replace(config, fusion=self.config.fusion) != self.config:
