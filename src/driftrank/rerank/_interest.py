@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from driftrank._linalg import matmul_t
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from driftrank.types import csr_from_coo
+from driftrank.types import csr_from_coo, insert_events
 
 __all__ = [
     "SECONDS_PER_DAY",
@@ -289,17 +289,15 @@ class InterestModel:
                 self._flush_locked()
 
     def _flush_locked(self) -> None:
-        old_users = np.repeat(np.arange(len(self._indptr) - 1, dtype=np.int64), np.diff(self._indptr))
-        users = np.concatenate([old_users, *(p[0] for p in self._pending)])
-        items = np.concatenate([self._items, *(p[1] for p in self._pending)])
-        times = np.concatenate([self._times, *(p[2] for p in self._pending)])
-        # Stable sort by (user, time): ties keep arrival order, so old events stay first.
-        order = np.lexsort((times, users))
-        n_users = max(len(self._indptr) - 1, int(users.max()) + 1 if len(users) else 0)
-        counts = np.bincount(users, minlength=n_users)
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        self._indptr, self._items, self._times = indptr, items[order], times[order]
+        # Pending batches in arrival order: equal times keep it, after the stored events.
+        self._indptr, self._items, self._times = insert_events(
+            self._indptr,
+            self._items,
+            self._times,
+            np.concatenate([p[0] for p in self._pending]),
+            np.concatenate([p[1] for p in self._pending]),
+            np.concatenate([p[2] for p in self._pending]),
+        )
         self._pending = []
 
     def history(self, user: int) -> tuple[np.ndarray, np.ndarray]:
@@ -363,6 +361,10 @@ class InterestModel:
         q = normalise_rows(self._compute(u[first], t[first])[0])  # [distinct, S, d]
         n_s, n_items = q.shape[1], len(vecs)
         out = np.empty((len(i), n_s), dtype=np.float32)
+        if len(first) == 1:
+            # One user at one time (a single request): only the candidates' vectors are read.
+            out[:] = matmul_t(q[0], vecs[i]).T
+            return out
         if len(first) * n_items <= _DENSE_SIMILARITY * max(1, len(i)):
             # Many candidates per user in a small catalog: one matrix product with the whole
             # catalog, then a gather, is ~10x faster than gathering each candidate's vector
@@ -555,8 +557,13 @@ def _interest(
         mass[:, :n_time] *= decay_weights(
             np.maximum(gap, 0.0)[:, None], tau_time_s[None, :] / SECONDS_PER_DAY
         )
-    # One sparse product for every (user, scale) row: A[n*S, n_items] @ V[n_items, d].
     wn = (w / np.where(sums > 0, sums, 1.0)[row]).astype(np.float32)
+    if n == 1:
+        # One user (a single request): a dense [S, k] @ [k, d] product over their own events,
+        # without building a sparse matrix (which costs more than the product here).
+        out = (wn.T @ item_vectors[it]).astype(np.float32, copy=False)
+        return out.reshape(1, s_total, dim), mass
+    # One sparse product for every (user, scale) row: A[n*S, n_items] @ V[n_items, d].
     a_rows = (row[:, None] * s_total + np.arange(s_total)[None, :]).ravel()
     a_cols = np.repeat(it, s_total)
     a = csr_from_coo(wn.ravel(), a_rows, a_cols, (n * s_total, item_vectors.shape[0]))
@@ -578,6 +585,8 @@ def _distinct_pairs(users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, n
     """``(first, inverse)``: one row index per distinct ``(users[j], times[j])`` pair and, per
     row, the position of its pair in ``first`` (times compared bit for bit, so NaN = NaN)."""
     bits = times.view(np.int64)
+    if len(users) and (users == users[0]).all() and (bits == bits[0]).all():
+        return np.zeros(1, dtype=np.int64), np.zeros(len(users), dtype=np.int64)  # one pair
     order = np.lexsort((bits, users))
     new = np.ones(len(users), dtype=bool)
     new[1:] = (users[order][1:] != users[order][:-1]) | (bits[order][1:] != bits[order][:-1])

@@ -51,6 +51,8 @@ FORMAT = "driftrank.SequenceReranker/1"
 _CHUNK_ELEMENTS = 1 << 23
 # Serving keeps the transformer state of up to this many history windows (64 floats each).
 _STATE_MEMO_ENTRIES = 200_000
+# History windows encoded at once by SequenceReranker.prepare.
+_PREPARE_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -672,6 +674,31 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         """Forget the memoised transformer states of served history windows (see
         :meth:`_state_memo`); later requests recompute them. Frees their memory."""
         self._memo = None
+
+    def prepare(self, users: np.ndarray) -> None:
+        """Encode the latest history window of each of ``users: int[n]`` now, in batches, into
+        the memo that serving reads (see :meth:`_state_memo`), so that their next request at or
+        after their latest event does not. Windows already memoised and empty ones are skipped;
+        scores do not change."""
+        import torch
+
+        u = np.unique(check_users(users))
+        if not len(u):
+            return
+        net = self._net()
+        windows = self._histories().windows(u, None, self.config.max_len)
+        rows = np.flatnonzero(windows.lengths > 0)
+        with torch.inference_mode():
+            tables = self._item_tables(net)
+            memo = self._state_memo(net, tables)
+            if memo is None:
+                return
+            for lo in range(0, len(rows), _PREPARE_ROWS):
+                r = rows[lo : lo + _PREPARE_ROWS]
+                it = torch.from_numpy(windows.items[r])
+                self._latest_states(
+                    net, tables[0], windows.items[r], windows.times[r], windows.lengths[r], it, it >= 0, memo
+                )
 
     def _latest_states(
         self,

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from driftrank.data import Dataset
 from driftrank.errors import DataError, NotFittedError
 from driftrank.eval import Targets
-from driftrank.types import Candidates, Ranking
+from driftrank.types import Candidates, Ranking, insert_events
 
 if TYPE_CHECKING:
     from driftrank.rerank._train import FitReport
@@ -138,17 +138,7 @@ class Histories:
         User indices beyond :attr:`n_users` grow the store (users in between get empty
         histories). An appended event that ties in time with a stored one goes after it.
         """
-        n_users = max(self.n_users, int(users.max()) + 1 if len(users) else 0)
-        old_users = np.repeat(np.arange(self.n_users, dtype=np.int64), self.lengths())
-        all_users = np.concatenate([old_users, users.astype(np.int64)])
-        all_items = np.concatenate([self.items, items.astype(np.int64)])
-        all_times = np.concatenate([self.timestamps, timestamps.astype(np.float64)])
-        # lexsort is stable: the arrival order (old first, then input order) breaks time ties.
-        order = np.lexsort((all_times, all_users))
-        counts = np.bincount(all_users, minlength=n_users)
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        return Histories(indptr, all_items[order], all_times[order])
+        return Histories(*insert_events(self.indptr, self.items, self.timestamps, users, items, timestamps))
 
     def windows(self, users: np.ndarray, at: np.ndarray | None, max_len: int) -> Windows:
         """The last ``max_len`` events of each user at or before ``at`` (all events if ``None``).

@@ -280,30 +280,29 @@ def merge_rankings(
             raise DataError(f"channel {sources[c]!r} returned {r.items.shape[0]} rows for {b} users")
         items[:, c, : r.items.shape[1]] = r.items
         scores[:, c, : r.items.shape[1]] = r.scores
-    rank = np.broadcast_to(np.arange(depth, dtype=np.float64), (n_ch, depth))
-    chan = np.broadcast_to(np.arange(n_ch)[:, None], (n_ch, depth))
+    # Rank and channel of each of the [n_ch, depth] positions, flattened channel-major.
+    rank = np.tile(np.arange(depth, dtype=np.float64), n_ch)
+    chan = np.repeat(np.arange(n_ch), depth)
     valid = items >= 0
-    q = quotas[:, None]
     if order == "quota":
         # Position (j+1)/quota; a zero quota sends the channel past every other item.
         with np.errstate(divide="ignore"):
-            key = np.where(q > 0, (rank + 1.0) / q, np.inf)
-        flat_order = np.lexsort((rank.ravel(), chan.ravel(), key.ravel()))
-        allowed = np.isfinite(key.ravel()[flat_order])
+            key = np.where(quotas[chan] > 0, (rank + 1.0) / quotas[chan], np.inf)
+        flat_order = np.lexsort((rank, chan, key))
+        allowed = np.isfinite(key[flat_order])
     else:
         # By rank, then channel (first-seen order): the [n_ch, depth] positions read column-wise.
         flat_order = np.arange(n_ch * depth).reshape(n_ch, depth).T.ravel()
-        allowed = (q > 0).repeat(depth, axis=1).ravel()[flat_order]
+        allowed = (quotas[chan] > 0)[flat_order]
     seq_items = items.reshape(b, -1)[:, flat_order]
     seq_ok = valid.reshape(b, -1)[:, flat_order] & allowed[None, :]
-    pos = np.broadcast_to(np.arange(seq_items.shape[1]), seq_items.shape)
-    row = np.broadcast_to(np.arange(b)[:, None], seq_items.shape)
-    r_ok, p_ok, i_ok = row[seq_ok], pos[seq_ok], seq_items[seq_ok]
+    r_ok, p_ok = np.nonzero(seq_ok)  # row-major, as boolean indexing orders them
+    i_ok = seq_items[r_ok, p_ok]
     n_items = int(items.max()) + 1 if items.size and items.max() >= 0 else 1
     keys = r_ok * n_items + i_ok
     if order == "rrf":
-        c_ok = np.broadcast_to(chan.ravel()[flat_order], seq_items.shape)[seq_ok]
-        rk_ok = np.broadcast_to(rank.ravel()[flat_order], seq_items.shape)[seq_ok]
+        c_ok = chan[flat_order][p_ok]
+        rk_ok = rank[flat_order][p_ok]
         contrib = quotas[c_ok] / (rrf_k + rk_ok + 1.0)
     dense = b * n_items <= max(_DENSE_PER_PAIR * len(keys), _DENSE_SLOTS)
     slots = b * n_items
