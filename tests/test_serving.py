@@ -348,3 +348,19 @@ def test_observe_and_prepare_encode_histories_ahead_of_requests(saved_engine: tu
         eager.prepare(["no such user"])
     with pytest.raises(DataError, match="sequence of user ids"):
         eager.prepare("u1")  # type: ignore[arg-type]
+
+
+def test_merger_channel_lists_equal_each_channels_candidates(saved_engine: tuple[Path, Dataset]) -> None:
+    """The one-user shortcut of CandidateMerger.channel_lists returns exactly every channel's
+    own ``candidates`` (and so does the batch path)."""
+    path, data = saved_engine
+    engine = Engine.load(path)
+    merger = engine._merger
+    assert merger is not None and len(merger.channels) >= 2
+    for users in (np.array([3]), np.array([len(data.user_ids) + 5]), np.array([0, 5, 7])):
+        for exclude in (None, engine._seen_matrix(users), "seen"):
+            got = merger.channel_lists(users, 25, exclude=exclude)  # type: ignore[arg-type]
+            want = [ch.candidates(users, 25, exclude=exclude) for ch in merger.channels]  # type: ignore[arg-type]
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a.items, b.items)
+                np.testing.assert_array_equal(a.scores, b.scores)

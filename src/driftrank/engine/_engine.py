@@ -537,8 +537,10 @@ class Engine:
         n = n or self.config.n_candidates
         lists: dict[str, Ranking] = {}
         if self._merger is not None:
-            for ch in self._merger.channels:
-                r = ch.candidates(users, n, exclude=exclude, at=at)
+            channels = self._merger.channels
+            for ch, r in zip(
+                channels, self._merger.channel_lists(users, n, exclude=exclude, at=at), strict=True
+            ):
                 lists[ch.name] = r if cold_as is None else _drop_items(r, cold_as)
         if self._interest is not None:
             lists[self._interest.name] = self._interest.candidates(users, n, exclude=exclude, at=at)

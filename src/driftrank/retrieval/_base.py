@@ -128,6 +128,12 @@ class Channel(ABC):
             return topk(scores, n, self._seen_rows(log, users))
         return topk(scores, n, exclude_coordinates(exclude, users, self._n_items))
 
+    def score_rows(self, users: np.ndarray) -> np.ndarray:
+        """``float32[b, n_items]``: the scores :meth:`candidates` ranks for ``users: int[b]``
+        (NaN where the channel has nothing to say), before exclusions."""
+        self._events("score_rows")
+        return self._scores(check_users(users))
+
     def rank(
         self,
         users: np.ndarray,
