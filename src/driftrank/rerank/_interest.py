@@ -22,7 +22,6 @@ tensors (gradients flow to ``τ``), so a learnable τ in the re-ranker uses exac
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Self, TypeVar
@@ -177,11 +176,6 @@ class InterestModel:
         self._indptr = np.zeros(1, dtype=np.int64)
         self._items = np.zeros(0, dtype=np.int64)
         self._times = np.zeros(0, dtype=np.float64)
-        # observe() appends here; the CSR arrays above are rebuilt on the next read.
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        # Reads may run in many threads at once (the engine serves under a read lock): the
-        # first read after observe() rebuilds the arrays, once.
-        self._flush_lock = threading.Lock()
         # The last interest computation, keyed on the state version and the request: serving
         # one user asks for the same interest twice (retrieval, then the fusion signals).
         self._version = 0
@@ -221,7 +215,6 @@ class InterestModel:
     @property
     def n_users(self) -> int:
         """Number of user indices with state (``0..n_users-1``; some may have no events)."""
-        self._flush()
         return len(self._indptr) - 1
 
     @property
@@ -247,7 +240,6 @@ class InterestModel:
         self._indptr = np.asarray(seq.indptr, dtype=np.int64).copy()
         self._items = np.asarray(seq.items, dtype=np.int64).copy()
         self._times = np.asarray(seq.timestamps, dtype=np.float64).copy()
-        self._pending = []
         self._version += 1
         return self
 
@@ -267,7 +259,9 @@ class InterestModel:
         if not np.isfinite(t).all():
             raise DataError("timestamps must be finite unix seconds")
         if len(u):
-            self._pending.append((u.copy(), i.copy(), t.copy()))
+            self._indptr, self._items, self._times = insert_events(
+                self._indptr, self._items, self._times, u, i, t
+            )
             self._version += 1
         return self
 
@@ -281,28 +275,8 @@ class InterestModel:
         self._version += 1
         return self
 
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        with self._flush_lock:
-            if self._pending:  # another thread may have flushed while this one waited
-                self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        # Pending batches in arrival order: equal times keep it, after the stored events.
-        self._indptr, self._items, self._times = insert_events(
-            self._indptr,
-            self._items,
-            self._times,
-            np.concatenate([p[0] for p in self._pending]),
-            np.concatenate([p[1] for p in self._pending]),
-            np.concatenate([p[2] for p in self._pending]),
-        )
-        self._pending = []
-
     def history(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         """Items (``int64``) and timestamps (``float64``) of ``user``, oldest first (copies)."""
-        self._flush()
         if not 0 <= user < len(self._indptr) - 1:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         lo, hi = self._indptr[user], self._indptr[user + 1]
@@ -312,7 +286,6 @@ class InterestModel:
         """Binary CSR ``float32[len(users), n_items]``: the items each user interacted with
         (fitted and observed events; empty rows for unknown users)."""
         n_items = self.n_items
-        self._flush()
         u = _as_index_array(users, "users")
         lens = _lengths(self._indptr, u)
         starts = self._indptr[np.minimum(u, len(self._indptr) - 1)]
@@ -418,7 +391,6 @@ class InterestModel:
     def _compute(self, users: np.ndarray, at: np.ndarray | float | None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and masses (shared with the memo: callers must not modify them)."""
         vecs = self._vecs()
-        self._flush()
         version = self._version
         u = _as_index_array(users, "users")
         at_arr = _as_times(at, len(u))
@@ -459,7 +431,6 @@ class InterestModel:
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(config, arrays)``: JSON-able config and the item vectors and histories."""
         vecs = self._vecs()
-        self._flush()
         config = {"format_version": STATE_VERSION, "config": self.config.to_dict()}
         arrays = {
             "item_vectors": vecs.copy(),

@@ -171,15 +171,17 @@ def user_last_times(dataset: Dataset) -> np.ndarray:
 class EventLog:
     """Every user's events in time order: the fitted data plus whatever ``observe`` added.
 
-    The fitted part is kept as CSR-like arrays (``indptr``, ``items``, ``times``); events that
-    arrive later go to small per-user lists, so an update costs O(new events).
+    The fitted part is kept as CSR-like arrays (``indptr``, ``items``, ``times``); a user that
+    ``add`` touches gets their whole history as arrays of their own, so an update costs
+    O(that user's events) and reading a history stays a lookup.
     """
 
     def __init__(self, indptr: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.items = np.asarray(items, dtype=np.int64)
         self.times = np.asarray(times, dtype=np.float64)
-        self.extra: dict[int, tuple[list[int], list[float]]] = {}
+        # user -> (items, times): the complete history of users with added events
+        self.extra: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.n_users = len(self.indptr) - 1
 
     @classmethod
@@ -189,36 +191,39 @@ class EventLog:
         return cls(seq.indptr, seq.items, seq.timestamps)
 
     def user(self, u: int) -> tuple[np.ndarray, np.ndarray]:
-        """``int64[k]`` items and ``float64[k]`` times of user ``u``, oldest first (stable by arrival)."""
+        """``int64[k]`` items and ``float64[k]`` times of user ``u``, oldest first (stable by
+        arrival). The log's own arrays: do not modify them."""
+        more = self.extra.get(u)
+        if more is not None:
+            return more
         if u < len(self.indptr) - 1:
             lo, hi = self.indptr[u], self.indptr[u + 1]
-            items, times = self.items[lo:hi], self.times[lo:hi]
-        else:
-            items, times = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        more = self.extra.get(u)
-        if more is None:
-            return items, times
-        items = np.concatenate([items, np.asarray(more[0], dtype=np.int64)])
-        times = np.concatenate([times, np.asarray(more[1], dtype=np.float64)])
-        if len(times) > 1 and np.any(np.diff(times) < 0):
-            order = np.argsort(times, kind="stable")
-            items, times = items[order], times[order]
-        return items, times
+            return self.items[lo:hi], self.times[lo:hi]
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
 
     def length(self, u: int) -> int:
         """Number of events of user ``u``."""
-        base = int(self.indptr[u + 1] - self.indptr[u]) if u < len(self.indptr) - 1 else 0
         more = self.extra.get(u)
-        return base + (len(more[0]) if more is not None else 0)
+        if more is not None:
+            return len(more[0])
+        return int(self.indptr[u + 1] - self.indptr[u]) if u < len(self.indptr) - 1 else 0
 
     def add(self, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
-        """Append events (arrays of one length); users beyond the log grow it."""
+        """Append events (arrays of one length); users beyond the log grow it. Each goes in
+        time order among its user's events, after those of equal time."""
+        new: dict[int, tuple[list[int], list[float]]] = {}
         for u, i, t in zip(users.tolist(), items.tolist(), times.tolist(), strict=True):
-            lst = self.extra.get(u)
-            if lst is None:
-                lst = self.extra[u] = ([], [])
+            lst = new.setdefault(u, ([], []))
             lst[0].append(i)
             lst[1].append(t)
+        for u, (it, ts) in new.items():
+            old_i, old_t = self.user(u)
+            all_i = np.concatenate([old_i, np.asarray(it, dtype=np.int64)])
+            all_t = np.concatenate([old_t, np.asarray(ts, dtype=np.float64)])
+            if len(all_t) > 1 and np.any(np.diff(all_t) < 0):
+                order = np.argsort(all_t, kind="stable")
+                all_i, all_t = all_i[order], all_t[order]
+            self.extra[u] = (all_i, all_t)
         if len(users):
             self.n_users = max(self.n_users, int(users.max()) + 1)
 
