@@ -592,9 +592,9 @@ def test_served_candidate_scores_equal_the_training_path(heads: int) -> None:
     u = torch.randn(b, nq, 16)
     cand = torch.randint(0, 40, (b, nq, c))
     with torch.no_grad():
-        served = net.scores(u, gap, visible, eh, tables, cand)
+        served = net.scores(u, net.gap_bias(gap, visible), eh, tables, cand)
     with torch.enable_grad():
-        trained = net.scores(u, gap, visible, eh, tables, cand)
+        trained = net.scores(u, net.gap_bias(gap, visible), eh, tables, cand)
     assert served.shape == (b, nq, c)
     torch.testing.assert_close(served, trained.detach(), rtol=1e-5, atol=1e-5)
 
@@ -639,7 +639,12 @@ def test_served_states_are_memoised_per_history_window(
     memo = model._memo
     model.extend_items(np.ones((1, model.net_.text.shape[1]), np.float32))
     model.score(np.array([0]), [np.arange(10)])
-    assert model._memo is not memo and model._memo is not None and len(model._memo[1]) == 1
+    # (a one-user request memoises its window's state and its query side at the request time)
+    assert model._memo is not memo and model._memo is not None and len(model._memo[1]) == 2
+    single = model.score(np.array([0]), [np.arange(10)])
+    assert len(model._memo[1]) == 2
+    fresh = SequenceReranker.from_state(*model.get_state()).score(np.array([0]), [np.arange(10)])
+    np.testing.assert_array_equal(single, fresh)
     # The memo is bounded: the oldest windows go first.
     monkeypatch.setattr(model_module, "_STATE_MEMO_ENTRIES", 3)
     model.score(np.arange(8, dtype=np.int64), [np.arange(5)] * 8)

@@ -170,6 +170,37 @@ def test_merge_dense_counting_equals_sorting(seed: int, order: str) -> None:
         np.testing.assert_array_equal(getattr(dense, f), getattr(sort, f))
 
 
+@given(st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_merge_of_one_user_equals_the_batch_path(seed: int) -> None:
+    """merge_rankings' one-user shortcut (order "rrf") gives exactly what the batch path gives
+    for that user's rows (checked in a batch of two copies of the user)."""
+    rng = np.random.default_rng(seed)
+    n_items = int(rng.integers(1, 40))
+    lists = []
+    for _ in range(int(rng.integers(1, 5))):
+        depth = int(rng.integers(1, 15))
+        items = np.full((1, depth), -1, dtype=np.int64)
+        scores = np.full((1, depth), np.nan, dtype=np.float32)
+        m = int(rng.integers(0, min(depth, n_items) + 1))
+        items[0, :m] = rng.choice(n_items, size=m, replace=False)
+        scores[0, :m] = np.sort(rng.random(m))[::-1]
+        lists.append(Ranking(items, scores))
+    quotas = rng.choice([0.0, 0.5, 1.0, 3.0], size=len(lists))
+    quotas[0] = 1.0
+    names = tuple("abcd"[: len(lists)])
+    n = int(rng.integers(1, 20))
+    one = _merge.merge_rankings(np.array([4]), lists, names, quotas, n, "rrf")
+    pair = [Ranking(np.repeat(r.items, 2, axis=0), np.repeat(r.scores, 2, axis=0)) for r in lists]
+    batch = _merge.merge_rankings(np.array([4, 4]), pair, names, quotas, n, "rrf")
+    rows = slice(0, int(batch.offsets[1]))
+    np.testing.assert_array_equal(one.offsets, batch.offsets[:2])
+    np.testing.assert_array_equal(one.items, batch.items[rows])
+    np.testing.assert_array_equal(one.scores, batch.scores[rows])
+    np.testing.assert_array_equal(one.ranks, batch.ranks[rows])
+    assert one.sources == batch.sources
+
+
 # ---------------------------------------------------------------------- component caches
 def tiny_reranker(ds: Dataset) -> SequenceReranker:
     cfg = SequenceRerankerConfig(

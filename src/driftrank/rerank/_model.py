@@ -244,7 +244,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         # (net, its tensors, their versions, item tables) of the last serving call.
         self._tables_cache: tuple[Any, ...] | None = None
         # (item tables, {window key: transformer state at its latest event}); see _state_memo.
-        self._memo: tuple[Any, dict[bytes, torch.Tensor]] | None = None
+        self._memo: tuple[Any, dict[bytes, Any]] | None = None
         self._memo_lock = threading.Lock()
 
     # ------------------------------------------------------------------ properties
@@ -651,7 +651,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             warnings.warn(msg + " (skipped)", stacklevel=3)
         return items_a[~bad], times_a[~bad], np.flatnonzero(~bad)
 
-    def _state_memo(self, net: RerankerNet, tables: Any) -> dict[bytes, torch.Tensor] | None:
+    def _state_memo(self, net: RerankerNet, tables: Any) -> dict[bytes, Any] | None:
         """Transformer states of the served net by history window, or ``None`` for any other net.
 
         The state at a window's latest event depends only on the window (its items and the gaps
@@ -659,7 +659,8 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         window, like the user factors of a factor model: a user's requests re-encode their
         history only after new events. The memo belongs to one ``tables`` object of
         :meth:`_item_tables`, so anything that changes the weights or the catalog starts a new
-        one. Holds at most ``_STATE_MEMO_ENTRIES`` windows (oldest dropped first).
+        one. It also holds the query side of windows at request times (``_forward_rows``), under
+        longer keys; at most ``_STATE_MEMO_ENTRIES`` entries in all (oldest dropped first).
         """
         hit = self._tables_cache
         if net is not self.net_ or hit is None or hit[3] is not tables:
@@ -677,8 +678,9 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
 
     def prepare(self, users: np.ndarray) -> None:
         """Encode the latest history window of each of ``users: int[n]`` now, in batches, into
-        the memo that serving reads (see :meth:`_state_memo`), so that their next request at or
-        after their latest event does not. Windows already memoised and empty ones are skipped;
+        the memo that serving reads (see :meth:`_state_memo`): its transformer state, and its
+        query side at the default request time (right after the latest event), so that the
+        user's next request does neither. Windows already memoised and empty ones are skipped;
         scores do not change."""
         import torch
 
@@ -699,6 +701,9 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                 self._latest_states(
                     net, tables[0], windows.items[r], windows.times[r], windows.lengths[r], it, it >= 0, memo
                 )
+            # The query side one window at a time, as a one-user request computes it.
+            for row in rows.tolist():
+                self._forward_rows(net, tables[0], windows, None, slice(row, row + 1), memo)
 
     def _latest_states(
         self,
@@ -709,34 +714,38 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         lengths: np.ndarray,
         it: torch.Tensor,
         valid: torch.Tensor,
-        memo: dict[bytes, torch.Tensor] | None,
+        memo: dict[bytes, Any] | None,
+        keys: list[bytes] | None = None,
     ) -> torch.Tensor:
         """Transformer states ``[n, d]`` at the latest position of windows ``items: int64[n, L]``
         (times in unix seconds; ``it`` and ``valid`` are the items as a tensor and ``it >= 0``),
-        from ``memo`` where it has them."""
+        from ``memo`` where it has them (``keys``: the windows' :func:`_window_keys`)."""
         import torch
 
         last = np.where(lengths > 0, times[:, -1], 0.0)
         rel = torch.from_numpy(np.where(items >= 0, relative_days(times, last), 0.0).astype(np.float32))
         if memo is None:
             return net.encode(table, it, rel, valid, last_only=True)[0][:, -1]
-        keys = [
-            hashlib.blake2b(items[r].tobytes() + times[r].tobytes(), digest_size=16).digest()
-            for r in range(len(items))
-        ]
+        keys = _window_keys(items, times) if keys is None else keys
         found: list[torch.Tensor | None] = [memo.get(k) for k in keys]
         miss = [r for r, v in enumerate(found) if v is None]
         if miss:
             rows = torch.as_tensor(miss)
             fresh = net.encode(table, it[rows], rel[rows], valid[rows], last_only=True)[0][:, -1].clone()
-            with self._memo_lock:
-                for j, r in enumerate(miss):
-                    found[r] = memo[keys[r]] = fresh[j]
-                excess = len(memo) - _STATE_MEMO_ENTRIES
-                if excess > 0:
-                    for k in list(itertools.islice(iter(memo), excess)):
-                        memo.pop(k, None)
+            for j, r in enumerate(miss):
+                found[r] = fresh[j]
+            self._memo_put(memo, [(keys[r], fresh[j]) for j, r in enumerate(miss)])
         return torch.stack(found)  # type: ignore[arg-type]
+
+    def _memo_put(self, memo: dict[bytes, Any], entries: list[tuple[bytes, Any]]) -> None:
+        """Add entries to the serving memo, dropping the oldest past ``_STATE_MEMO_ENTRIES``."""
+        with self._memo_lock:
+            for k, v in entries:
+                memo[k] = v
+            excess = len(memo) - _STATE_MEMO_ENTRIES
+            if excess > 0:
+                for k in list(itertools.islice(iter(memo), excess)):
+                    memo.pop(k, None)
 
     def _forward_rows(
         self,
@@ -745,9 +754,17 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         windows: Windows,
         at: np.ndarray | None,
         rows: slice,
-        memo: dict[bytes, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(u, gap, visible, eh)`` for a slice of window rows, queried at their request times."""
+        memo: dict[bytes, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(u, gap_bias, eh)`` for a slice of window rows, queried at their request times.
+
+        The query side (``u`` and the attention's ``gap_bias``) depends only on the window and
+        the request time, so a one-user request memoises it under both (in ``memo``, with the
+        transformer states): a repeated request at the default time (right after the user's
+        latest event), or the first one after :meth:`prepare`, only scores its candidates.
+        Only one-row calls read and fill that part of the memo, so that a user's scores never
+        depend on which batch their query side was computed in.
+        """
         import torch
 
         items = windows.items[rows]
@@ -756,18 +773,46 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         if at is None:
             ref = np.where(lengths > 0, times[:, -1], 0.0)
         else:
-            ref = at[rows]
-        rel = torch.from_numpy(np.where(items >= 0, relative_days(times, ref), 0.0).astype(np.float32))
+            ref = np.asarray(at[rows], dtype=np.float64)
         it = torch.from_numpy(items)
         valid = it >= 0
+        eh = net.history_vectors(table, it, valid)
+        if memo is None or len(items) != 1:
+            u, gap_bias = self._query(net, table, items, times, lengths, ref, it, valid, eh, memo, None)
+            return u, gap_bias, eh
+        keys = _window_keys(items, times)
+        qkey = keys[0] + ref[0].tobytes()
+        hit = memo.get(qkey)
+        if hit is not None:
+            return hit[0], hit[1], eh
+        u, gap_bias = self._query(net, table, items, times, lengths, ref, it, valid, eh, memo, keys)
+        self._memo_put(memo, [(qkey, (u, gap_bias))])
+        return u, gap_bias, eh
+
+    def _query(
+        self,
+        net: RerankerNet,
+        table: torch.Tensor,
+        items: np.ndarray,
+        times: np.ndarray,
+        lengths: np.ndarray,
+        ref: np.ndarray,
+        it: torch.Tensor,
+        valid: torch.Tensor,
+        eh: torch.Tensor,
+        memo: dict[bytes, Any] | None,
+        keys: list[bytes] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, gap_bias)`` of windows queried at times ``ref`` (unix seconds)."""
+        import torch
+
+        rel = torch.from_numpy(np.where(items >= 0, relative_days(times, ref), 0.0).astype(np.float32))
         n = items.shape[0]
         qpos = torch.full((n, 1), items.shape[1] - 1, dtype=torch.int64)
         qtime = torch.zeros(n, 1)
-        state = self._latest_states(net, table, items, times, lengths, it, valid, memo)
-        eh = net.history_vectors(table, it, valid)
+        state = self._latest_states(net, table, items, times, lengths, it, valid, memo, keys)
         gap, visible = net.context(rel, valid, qpos, qtime)
-        u = net.query_from(state[:, None, :], eh, gap, visible, qpos)
-        return u, gap, visible, eh
+        return net.query_from(state[:, None, :], eh, gap, visible, qpos), net.gap_bias(gap, visible)
 
     def _catalog_scores(
         self, net: RerankerNet, windows: Windows, at: np.ndarray | None, histories: Histories
@@ -784,8 +829,8 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             memo = self._state_memo(net, tables)
             for s in range(0, n, chunk):
                 rows = slice(s, min(n, s + chunk))
-                u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows, memo)
-                out[rows] = net.scores(u, gap, visible, eh, tables)[:, 0].numpy()
+                u, gap_bias, eh = self._forward_rows(net, tables[0], windows, at, rows, memo)
+                out[rows] = net.scores(u, gap_bias, eh, tables)[:, 0].numpy()
         cold = windows.lengths == 0
         if cold.any():
             out[cold] = histories.popularity(net.n_items)
@@ -815,9 +860,9 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                 cand = np.zeros((e - s, widest), dtype=np.int64)
                 for r in range(s, e):
                     cand[r - s, : counts[r]] = lists[r]
-                u, gap, visible, eh = self._forward_rows(net, tables[0], windows, at, rows, memo)
+                u, gap_bias, eh = self._forward_rows(net, tables[0], windows, at, rows, memo)
                 ct = torch.from_numpy(cand)[:, None, :]
-                sc = net.scores(u, gap, visible, eh, tables, ct)[:, 0].numpy()
+                sc = net.scores(u, gap_bias, eh, tables, ct)[:, 0].numpy()
                 for r in range(s, e):
                     out[offsets[r] : offsets[r + 1]] = sc[r - s, : counts[r]]
                 s = e
@@ -860,7 +905,7 @@ def _next_item_loss(net: RerankerNet, batch: dict[str, Any], listwise_weight: fl
         up = torch.gather(u, 1, pos[..., None].expand(-1, -1, d))
         gp = torch.gather(gap, 1, pos[..., None].expand(-1, -1, n))
         vp = torch.gather(visible, 1, pos[..., None].expand(-1, -1, n))
-        s = net.scores(up, gp, vp, eh, tables, cand).masked_fill(batch["drop"], float("-inf"))
+        s = net.scores(up, net.gap_bias(gp, vp), eh, tables, cand).masked_fill(batch["drop"], float("-inf"))
         loss = loss + listwise_weight * nnf.cross_entropy(
             s.flatten(0, 1), torch.zeros(s.shape[0] * s.shape[1], dtype=torch.int64)
         )
@@ -962,3 +1007,11 @@ def _check_targets(targets: Targets, dataset: Dataset) -> None:
         raise DataError(f"validation targets mention users outside [0, {dataset.n_users})")
     if n and (targets.items.min() < 0 or targets.items.max() >= dataset.n_items):
         raise DataError(f"validation targets mention items outside [0, {dataset.n_items})")
+
+
+def _window_keys(items: np.ndarray, times: np.ndarray) -> list[bytes]:
+    """Memo key of each history window (its items and times; ``int64[n, L]``, ``float64[n, L]``)."""
+    return [
+        hashlib.blake2b(items[r].tobytes() + times[r].tobytes(), digest_size=16).digest()
+        for r in range(len(items))
+    ]

@@ -353,16 +353,17 @@ class RerankerNet(nn.Module):
     def scores(
         self,
         u: Tensor,
-        gap: Tensor,
-        visible: Tensor,
+        gap_bias: Tensor,
         eh: Tensor,
         tables: tuple[Tensor, Tensor, Tensor, Tensor],
         cand: Tensor | None = None,
     ) -> Tensor:
         """Scores ``[B, Q, C]`` of candidates against each query.
 
-        ``tables`` is :meth:`item_tables` output; ``cand`` is ``int64[B, Q, C]`` item indices per
-        query, or ``None`` for the whole catalog (``C = N``, the same for every row).
+        ``gap_bias`` is :meth:`gap_bias` of the queries' gaps and visibility (unused without
+        candidate attention); ``tables`` is :meth:`item_tables` output; ``cand`` is
+        ``int64[B, Q, C]`` item indices per query, or ``None`` for the whole catalog (``C = N``,
+        the same for every row).
         """
         vec, bias, q_tab, o_tab = tables
         b, n, d = eh.shape
@@ -382,7 +383,7 @@ class RerankerNet(nn.Module):
         k = self.att_k(eh).view(b, n, h, dh).transpose(1, 2)  # [B, H, L, dh]
         v = self.att_v(eh).view(b, n, h, dh).transpose(1, 2)
         if cand is not None and not torch.is_grad_enabled():
-            return dot + self._fused_candidate_attention(k, v, self._gap_bias(gap, visible), tables, cand)
+            return dot + self._fused_candidate_attention(k, v, gap_bias, tables, cand)
         if cand is None:
             q = q_tab.transpose(0, 1)[None]  # [1, H, N, dh]
             o = o_tab.transpose(0, 1)[None, :, None]  # [1, H, 1, N, dh]
@@ -393,13 +394,12 @@ class RerankerNet(nn.Module):
             q = nnf.embedding(cand, q_tab.flatten(1)).view(b, nq * c, h, dh).transpose(1, 2)
             o = nnf.embedding(cand, o_tab.flatten(1)).view(b, nq, c, h, dh).permute(0, 3, 1, 2, 4)
             logits = (q @ k.transpose(2, 3)).view(b, h, nq, c, n)  # [B, H, Q, C, L]
-        gap_bias = self._gap_bias(gap, visible)[:, :, :, None]  # [B, H, Q, 1, L]
-        p = torch.softmax(logits * dh**-0.5 + gap_bias, dim=-1)  # [B, H, Q, C, L]
+        p = torch.softmax(logits * dh**-0.5 + gap_bias[:, :, :, None], dim=-1)  # [B, H, Q, C, L]
         # sum_k p_k (v_k . o_c) = o_c . (sum_k p_k v_k): one matmul, no [B, H, Q, C, L] values tensor.
         mixed = p @ v[:, :, None]  # [B, H, Q, C, dh]
         return dot + (mixed * o).sum(-1).sum(1)
 
-    def _gap_bias(self, gap: Tensor, visible: Tensor) -> Tensor:
+    def gap_bias(self, gap: Tensor, visible: Tensor) -> Tensor:
         """``[B, H, Q, L]``: each head's learned bias for the time from a history event to the
         query, ``-inf`` where the query may not see the event."""
         gap_bias = self.att_gap[:, gap_buckets(gap, self.n_buckets)]  # [H, B, Q, L]
