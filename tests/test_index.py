@@ -191,6 +191,28 @@ def test_auto_kind_by_size() -> None:
     assert ItemIndexConfig().nlist(1_000_000) == 4000
 
 
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_exclusion_coordinates_equal_the_matrix(
+    kind: str, big: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    """``exclude`` as the (rows, cols) coordinates of a matrix's entries (columns past the
+    catalog dropped) gives exactly the results of the matrix itself."""
+    x, q, _ = big
+    rng = np.random.default_rng(5)
+    ex = random_exclude(rng, 12, len(x), 0.05)
+    index = ItemIndex(ItemIndexConfig(kind=kind)).build(x)  # type: ignore[arg-type]
+    coo = ex.tocoo()
+    rows = np.concatenate([coo.row, [3]])
+    cols = np.concatenate([coo.col, [len(x) + 7]])  # an item the index does not hold yet
+    for queries, r, c in ((q[:12], rows, cols), (q[:1], coo.row[coo.row == 0], coo.col[coo.row == 0])):
+        want = index.search(queries, 30, exclude=ex[: len(queries)])
+        got = index.search(queries, 30, exclude=(r, c))
+        np.testing.assert_array_equal(got.items, want.items)
+        np.testing.assert_array_equal(got.scores, want.scores)
+    with pytest.raises(DataError, match="exclude coordinates"):
+        index.search(q[:2], 5, exclude=(np.array([0, 2]), np.array([1, 1])))
+
+
 def test_input_validation(vecs: tuple[np.ndarray, np.ndarray]) -> None:
     x, q = vecs
     with pytest.raises(NotFittedError):

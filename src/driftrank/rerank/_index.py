@@ -202,12 +202,18 @@ class ItemIndex:
         return self
 
     # .................................................................. search
-    def search(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> Ranking:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Ranking:
         """Top-``k`` items by inner product for ``queries: float[n, dim]``.
 
-        ``exclude`` (CSR ``[n, >= n_items]``, rows aligned with ``queries``) marks items that
-        must not be returned. Rows are padded with -1 / NaN when fewer than ``k`` items remain.
-        Equal scores are ordered by item index.
+        ``exclude`` (CSR ``[n, >= n_items]``, rows aligned with ``queries``, or the ``(rows,
+        cols)`` coordinates of such a matrix's entries) marks items that must not be returned.
+        Rows are padded with -1 / NaN when fewer than ``k`` items remain. Equal scores are
+        ordered by item index.
         """
         vecs = self._require()
         if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
@@ -221,6 +227,20 @@ class ItemIndex:
         scores = np.full((n, k), np.nan, dtype=np.float32)
         if n == 0 or n_items == 0:
             return Ranking(items, scores)
+        if isinstance(exclude, tuple):
+            rows_ex, cols_ex = (np.asarray(a, dtype=np.int64) for a in exclude)
+            if rows_ex.shape != cols_ex.shape or (
+                len(rows_ex) and not 0 <= rows_ex.min() <= rows_ex.max() < n
+            ):
+                raise DataError(
+                    f"exclude coordinates must be two int arrays of one length with rows in [0, {n})"
+                )
+            keep = (cols_ex >= 0) & (cols_ex < n_items)
+            if self._kind == "exact":  # the top-k reads coordinates as they are: no matrix
+                return _exact_search(q, vecs, k, (rows_ex[keep], cols_ex[keep]))
+            exclude = sp.csr_matrix(
+                (np.ones(int(keep.sum()), np.float32), (rows_ex[keep], cols_ex[keep])), shape=(n, n_items)
+            )
         excl = _exclusion(exclude, n, n_items)
         if self._kind == "exact":
             return _exact_search(q, vecs, k, excl)
@@ -355,12 +375,17 @@ def _exclusion(exclude: sp.spmatrix | None, n: int, n_items: int) -> sp.csr_matr
 _EXACT_BLOCK = 1 << 20
 
 
-def _exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excl: sp.csr_matrix | None) -> Ranking:
-    """Top-``k`` by inner product over every item, a block of query rows at a time."""
+def _exact_search(
+    q: np.ndarray, vecs: np.ndarray, k: int, excl: sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None
+) -> Ranking:
+    """Top-``k`` by inner product over every item, a block of query rows at a time
+    (``excl``: a CSR matrix, or coordinates of its entries for a single block)."""
     n, n_items = len(q), len(vecs)
     step = max(1, _EXACT_BLOCK // max(1, n_items))
     if n <= step:
         return topk(matmul_t(q, vecs), k, excl)
+    if isinstance(excl, tuple):
+        excl = sp.csr_matrix((np.ones(len(excl[0]), np.float32), excl), shape=(n, n_items))
     parts = [
         topk(matmul_t(q[lo : lo + step], vecs), k, excl[lo : lo + step] if excl is not None else None)
         for lo in range(0, n, step)

@@ -14,7 +14,7 @@ from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedEr
 from driftrank.rerank._encoder import SentenceEncoder, TextEncoder
 from driftrank.rerank._index import ItemIndex, ItemIndexConfig
 from driftrank.rerank._interest import InterestConfig, InterestModel, normalise_rows
-from driftrank.types import Ranking, csr_take_rows
+from driftrank.types import Ranking, csr_coordinates, csr_take_rows
 
 __all__ = ["InterestChannel", "InterestChannelConfig"]
 
@@ -221,10 +221,16 @@ class InterestChannel:
             return Ranking(items, scores)
         q = normalise_rows(interest.vectors(u, at))  # [m, S, d]
         w = self.config.weights
+        ex: sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None
         if isinstance(exclude, str):
             if exclude != "seen":
                 raise DataError(f"exclude must be a CSR matrix, 'seen' or None, got {exclude!r}")
-            ex: sp.csr_matrix | None = interest.seen(u)
+            ex = interest.seen(u)
+        elif len(u) == 1 and exclude is not None:
+            # One user (a single request): their exclusions as coordinates, no matrix built.
+            if not sp.issparse(exclude):
+                raise DataError(f"exclude must be a scipy sparse matrix, got {type(exclude).__name__}")
+            ex = csr_coordinates(exclude.tocsr(), u)
         else:
             ex = _exclude_rows(exclude, u)
         if self.config.combine == "sum":
@@ -234,7 +240,7 @@ class InterestChannel:
                 r = index.search(combined, n, ex)
                 items, scores = r.items, r.scores
             elif len(warm):
-                r = index.search(combined[warm], n, csr_take_rows(ex, warm) if ex is not None else None)
+                r = index.search(combined[warm], n, _rows_of(ex, warm))
                 items[warm], scores[warm] = r.items, r.scores
             return Ranking(items, scores)
         per_scale_items, per_scale_scores = [], []
@@ -243,7 +249,7 @@ class InterestChannel:
             r_scores = np.full((len(u), n), np.nan, dtype=np.float32)
             warm = np.flatnonzero(np.linalg.norm(q[:, s], axis=1) > 0)
             if len(warm):
-                r = index.search(q[warm, s], n, csr_take_rows(ex, warm) if ex is not None else None)
+                r = index.search(q[warm, s], n, _rows_of(ex, warm))
                 r_items[warm], r_scores[warm] = r.items, r.scores * w[s]
             per_scale_items.append(r_items)
             per_scale_scores.append(r_scores)
@@ -293,13 +299,23 @@ class InterestChannel:
         return f"InterestChannel({self.name!r}, {self.config.interest.scale_names}, {self.config.combine!r}, {state})"
 
 
+def _rows_of(
+    ex: sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None, warm: np.ndarray
+) -> sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None:
+    """The exclusions of the ``warm`` rows; coordinates only come for one user, whose only
+    row is then the one searched."""
+    if ex is None or isinstance(ex, tuple):
+        return ex
+    return csr_take_rows(ex, warm)
+
+
 def _exclude_rows(exclude: sp.spmatrix | None, users: np.ndarray) -> sp.csr_matrix | None:
     """Rows of ``exclude`` for ``users``; users past its last row get empty rows."""
     if exclude is None:
         return None
     if not sp.issparse(exclude):
         raise DataError(f"exclude must be a scipy sparse matrix, got {type(exclude).__name__}")
-    return csr_take_rows(sp.csr_matrix(exclude), users)
+    return csr_take_rows(exclude.tocsr(), users)
 
 
 def _merge_max(items: np.ndarray, scores: np.ndarray, n: int) -> Ranking:
