@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from driftrank._linalg import matmul_t
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from driftrank.types import Ranking, csr_take_rows, topk
+from driftrank.types import Ranking, csr_from_coo, csr_take_rows, topk
 
 __all__ = ["ItemIndex", "ItemIndexConfig"]
 
@@ -238,9 +238,7 @@ class ItemIndex:
             keep = (cols_ex >= 0) & (cols_ex < n_items)
             if self._kind == "exact":  # the top-k reads coordinates as they are: no matrix
                 return _exact_search(q, vecs, k, (rows_ex[keep], cols_ex[keep]))
-            exclude = sp.csr_matrix(
-                (np.ones(int(keep.sum()), np.float32), (rows_ex[keep], cols_ex[keep])), shape=(n, n_items)
-            )
+            exclude = _coordinates_matrix((rows_ex[keep], cols_ex[keep]), n, n_items)
         excl = _exclusion(exclude, n, n_items)
         if self._kind == "exact":
             return _exact_search(q, vecs, k, excl)
@@ -375,6 +373,12 @@ def _exclusion(exclude: sp.spmatrix | None, n: int, n_items: int) -> sp.csr_matr
 _EXACT_BLOCK = 1 << 20
 
 
+def _coordinates_matrix(coords: tuple[np.ndarray, np.ndarray], n: int, n_items: int) -> sp.csr_matrix:
+    """The binary CSR ``[n, n_items]`` whose entries are at ``coords = (rows, cols)``."""
+    rows, cols = coords
+    return csr_from_coo(np.ones(len(rows), np.float32), rows, cols, (n, n_items))
+
+
 def _exact_search(
     q: np.ndarray, vecs: np.ndarray, k: int, excl: sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None
 ) -> Ranking:
@@ -385,7 +389,7 @@ def _exact_search(
     if n <= step:
         return topk(matmul_t(q, vecs), k, excl)
     if isinstance(excl, tuple):
-        excl = sp.csr_matrix((np.ones(len(excl[0]), np.float32), excl), shape=(n, n_items))
+        excl = _coordinates_matrix(excl, n, n_items)
     parts = [
         topk(matmul_t(q[lo : lo + step], vecs), k, excl[lo : lo + step] if excl is not None else None)
         for lo in range(0, n, step)

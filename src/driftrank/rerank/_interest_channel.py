@@ -226,11 +226,6 @@ class InterestChannel:
             if exclude != "seen":
                 raise DataError(f"exclude must be a CSR matrix, 'seen' or None, got {exclude!r}")
             ex = interest.seen(u)
-        elif len(u) == 1 and exclude is not None:
-            # One user (a single request): their exclusions as coordinates, no matrix built.
-            if not sp.issparse(exclude):
-                raise DataError(f"exclude must be a scipy sparse matrix, got {type(exclude).__name__}")
-            ex = csr_coordinates(exclude.tocsr(), u)
         else:
             ex = _exclude_rows(exclude, u)
         if self.config.combine == "sum":
@@ -309,12 +304,17 @@ def _rows_of(
     return csr_take_rows(ex, warm)
 
 
-def _exclude_rows(exclude: sp.spmatrix | None, users: np.ndarray) -> sp.csr_matrix | None:
-    """Rows of ``exclude`` for ``users``; users past its last row get empty rows."""
+def _exclude_rows(
+    exclude: sp.spmatrix | None, users: np.ndarray
+) -> sp.csr_matrix | tuple[np.ndarray, np.ndarray] | None:
+    """Rows of ``exclude`` for ``users``; users past its last row get empty rows. For one user
+    (a single request), the coordinates of their entries instead: no matrix is built."""
     if exclude is None:
         return None
     if not sp.issparse(exclude):
         raise DataError(f"exclude must be a scipy sparse matrix, got {type(exclude).__name__}")
+    if len(users) == 1:
+        return csr_coordinates(exclude.tocsr(), users)
     return csr_take_rows(exclude.tocsr(), users)
 
 

@@ -722,16 +722,20 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         from ``memo`` where it has them (``keys``: the windows' :func:`_window_keys`)."""
         import torch
 
-        last = np.where(lengths > 0, times[:, -1], 0.0)
-        rel = torch.from_numpy(np.where(items >= 0, relative_days(times, last), 0.0).astype(np.float32))
+        def encode(rows: slice | np.ndarray) -> torch.Tensor:
+            last = np.where(lengths[rows] > 0, times[rows, -1], 0.0)
+            rel = np.where(items[rows] >= 0, relative_days(times[rows], last), 0.0).astype(np.float32)
+            sel = rows if isinstance(rows, slice) else torch.from_numpy(rows)
+            return net.encode(table, it[sel], torch.from_numpy(rel), valid[sel], last_only=True)[0][:, -1]
+
         if memo is None:
-            return net.encode(table, it, rel, valid, last_only=True)[0][:, -1]
+            return encode(slice(None))
         keys = _window_keys(items, times) if keys is None else keys
         found: list[torch.Tensor | None] = [memo.get(k) for k in keys]
         miss = [r for r, v in enumerate(found) if v is None]
         if miss:
-            rows = torch.as_tensor(miss)
-            fresh = net.encode(table, it[rows], rel[rows], valid[rows], last_only=True)[0][:, -1].clone()
+            # Only the windows to encode get their times made relative (not on every hit).
+            fresh = encode(np.asarray(miss, dtype=np.int64)).clone()
             for j, r in enumerate(miss):
                 found[r] = fresh[j]
             self._memo_put(memo, [(keys[r], fresh[j]) for j, r in enumerate(miss)])
