@@ -18,9 +18,11 @@ measures, in one process and under the same thread settings:
   filter_already_liked_items=True)`` for the same users; the two are timed alternately, user
   by user, so that background load hits both;
 - batch throughput (users/s): ``engine.rank_batch`` over all users in batches of
-  ``--batch-size`` (first requests, then repeats) against ALS ``recommend`` with arrays of users,
-  ``--passes`` times in turn; the medians are reported (a single pass moved by ±15% between
-  runs on the shared machine).
+  ``--batch-size`` (first requests, then repeats) with ``--workers`` parallel workers (default:
+  as many as threads; torch gets one thread per worker while they run), and first requests
+  again in one call per batch (``workers=1``, torch on every thread), against ALS ``recommend``
+  with arrays of users, ``--passes`` times in turn; the medians are reported (a single pass
+  moved by ±15% between runs on the shared machine).
 
 Every ratio is hybrid / ALS. By default everything runs on one thread (torch, BLAS, implicit's
 ``num_threads``): one request per core, as a serving process with a worker per core would run.
@@ -73,11 +75,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--passes", type=int, default=5, help="batch throughput passes, median reported (default 5)"
     )
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS/implicit threads (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="rank_batch workers (default: --threads), each with one torch thread",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample and of ALS")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"), help="output folder")
     args = p.parse_args(argv)
-    if args.users < 1 or args.batch_size < 1 or args.threads < 1 or args.passes < 1:
-        p.error("--users, --batch-size, --passes and --threads must be positive")
+    args.workers = args.threads if args.workers is None else args.workers
+    if min(args.users, args.batch_size, args.threads, args.passes, args.workers) < 1:
+        p.error("--users, --batch-size, --passes, --threads and --workers must be positive")
     if args.load is not None and args.config is not None:
         p.error("--config describes a fit; it cannot be combined with --load")
     return args
@@ -210,22 +218,37 @@ def after_event_latency(
 
 
 def batch_throughput(
-    engine: Engine, als: Any, user_items: Any, raw_ids: list[Any], batch_size: int, passes: int
+    engine: Engine,
+    als: Any,
+    user_items: Any,
+    raw_ids: list[Any],
+    batch_size: int,
+    passes: int,
+    threads: int,
+    workers: int,
 ) -> dict[str, Any]:
     """Users per second of ``rank_batch`` over all users (first requests, then repeats) and of
     ALS ``recommend`` with arrays of users, ``passes`` times in turn (one pass: hybrid first
-    requests, hybrid repeats, ALS), so that a stretch of background load hits all three. Reports
-    each pass and the medians; the ratios use the medians."""
+    requests and repeats with ``workers`` and torch on one thread per worker, hybrid first
+    requests in one call with torch on ``threads`` threads, ALS), so that a stretch of
+    background load hits all of them. Reports each pass and the medians; the ratios use the
+    medians."""
+    import torch
+
     index = np.arange(len(raw_ids))
     engine.rank_batch(raw_ids[:batch_size], k=K)  # warm-up
-    runs: dict[str, list[float]] = {"hybrid": [], "hybrid_repeat": [], "als": []}
+    runs: dict[str, list[float]] = {"hybrid": [], "hybrid_repeat": [], "hybrid_one_worker": [], "als": []}
     for _ in tqdm(range(passes), desc="batch passes", leave=False):
-        engine.clear_caches()
-        for name in ("hybrid", "hybrid_repeat"):
+        for name in ("hybrid", "hybrid_repeat", "hybrid_one_worker"):
+            if name != "hybrid_repeat":
+                engine.clear_caches()
+            w = 1 if name == "hybrid_one_worker" else workers
+            torch.set_num_threads(threads if w == 1 else 1)
             t = time.perf_counter()
             for s in range(0, len(raw_ids), batch_size):
-                engine.rank_batch(raw_ids[s : s + batch_size], k=K)
+                engine.rank_batch(raw_ids[s : s + batch_size], k=K, workers=w)
             runs[name].append(len(raw_ids) / (time.perf_counter() - t))
+        torch.set_num_threads(threads)
         t = time.perf_counter()
         for s in range(0, len(raw_ids), batch_size):
             users = index[s : s + batch_size]
@@ -290,7 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup = [raw_ids[i] for i in order[len(order) - WARMUP :]]
     with threadpool_limits(args.threads):
         timed = single_user_latency(engine, als, user_items, [raw_ids[i] for i in sample], sample, warmup)
-        batch = batch_throughput(engine, als, user_items, raw_ids, args.batch_size, args.passes)
+        batch = batch_throughput(
+            engine, als, user_items, raw_ids, args.batch_size, args.passes, args.threads, args.workers
+        )
         observe_s, event_s, als_event_s = after_event_latency(
             engine, als, user_items, [raw_ids[i] for i in sample], sample, args.seed
         )
@@ -318,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratios["repeat_p99_latency"] = repeat["hybrid"]["p99_ms"] / repeat["als"]["p99_ms"]
     ratios["after_event_p99_latency"] = after_event["hybrid"]["p99_ms"] / after_event["als"]["p99_ms"]
     ratios["repeat_batch_throughput_als_over_hybrid"] = als_ups / batch["hybrid_repeat_users_per_s"]
+    ratios["one_worker_batch_throughput_als_over_hybrid"] = als_ups / batch["hybrid_one_worker_users_per_s"]
     result = {
         "benchmark": "engine serving speed",
         "machine": machine_info(),
@@ -339,7 +365,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "single_user": single,
         "single_user_repeat": repeat,
         "single_user_after_event": after_event,
-        "batch": {"batch_size": args.batch_size, "n_users": len(raw_ids), **batch},
+        "batch": {
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "torch_threads_per_worker": 1 if args.workers > 1 else args.threads,
+            "n_users": len(raw_ids),
+            **batch,
+        },
         "ratios_hybrid_over_als": ratios,
         "goals": {
             "p99_single_user_ms_under_10": single["hybrid"]["p99_ms"] < 10.0,
@@ -378,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"  ratio hybrid/ALS p50 {ratios['p50_latency']:7.1f}x p99 {ratios['p99_latency']:7.1f}x\n"
         f"batch (users/s)    hybrid {hybrid_ups:9.0f}  ALS {als_ups:9.0f}  ALS/hybrid {ratios['batch_throughput_als_over_hybrid']:.1f}x\n"
         f"  repeat requests  hybrid {batch['hybrid_repeat_users_per_s']:9.0f}  ALS/hybrid {ratios['repeat_batch_throughput_als_over_hybrid']:.1f}x\n"
+        f"  one worker       hybrid {batch['hybrid_one_worker_users_per_s']:9.0f}  ALS/hybrid {ratios['one_worker_batch_throughput_als_over_hybrid']:.1f}x\n"
         f"wrote {args.out / 'results.json'} and {args.out / 'latency.png'}"
     )
     return result

@@ -229,6 +229,94 @@ def test_concurrent_rank_matches_serial(engine: Engine, data: Dataset) -> None:
     assert results == serial
 
 
+def test_rank_batch_workers_rank_like_one_call(engine: Engine, data: Dataset) -> None:
+    users = list(data.user_ids.ids)  # 70 users: two parts of 35 (at least 32 per worker)
+    later = [float(engine.history(u)["timestamp"].max()) + 3600.0 for u in users]
+    keep = set(data.item_ids.ids[::2].tolist())
+    for kwargs in ({}, {"at": later, "filter": lambda i: i in keep}):
+        one = engine.rank_batch(users, k=8, **kwargs)
+        engine.clear_caches()
+        for workers in (2, 5):
+            many = engine.rank_batch(users, k=8, workers=workers, **kwargs)
+            assert [r.user for r in many] == [r.user for r in one]
+            for a, b in zip(one, many, strict=True):
+                np.testing.assert_array_equal(a.item_ids, b.item_ids)
+                np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+                assert a.at == b.at
+                assert a.contributions.keys() == b.contributions.keys()
+                for g in a.contributions:
+                    np.testing.assert_allclose(a.contributions[g], b.contributions[g], rtol=1e-4, atol=1e-5)
+        if "filter" in kwargs:
+            assert all(set(r.item_ids.tolist()) <= keep for r in many)
+    # Too few users for two parts: one call, the same answers.
+    few = engine.rank_batch(users[:40], k=8, workers=2)
+    for a, b in zip(one[:40], few, strict=True):
+        assert a.user == b.user
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(DataError, match="workers must be a positive integer"):
+            engine.rank_batch(users, k=8, workers=bad)  # type: ignore[arg-type]
+
+
+def test_rank_batch_workers_read_while_a_writer_waits() -> None:
+    # The parts run in helper threads while rank_batch holds the read lock. A helper that took
+    # a fresh read would queue behind a waiting writer, which waits for rank_batch: a deadlock.
+    from driftrank.engine._engine import _RWLock
+
+    lock = _RWLock()
+    helped, wrote = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with lock.write():
+            wrote.set()
+
+    with lock.read():
+        writer = threading.Thread(target=write)
+        writer.start()
+        for _ in range(2000):
+            if lock._waiting_writers:
+                break
+            threading.Event().wait(0.005)
+        assert lock._waiting_writers == 1
+
+        def helper() -> None:
+            with lock.lent(), lock.read():
+                helped.set()
+
+        th = threading.Thread(target=helper)
+        th.start()
+        th.join(timeout=10.0)
+        assert helped.is_set(), "a lent read waited behind the writer"
+        assert not wrote.is_set()
+    writer.join(timeout=10.0)
+    assert wrote.is_set()  # the writer got in once the batch was done
+
+
+def test_observe_concurrent_with_rank_batch_workers(engine: Engine, data: Dataset) -> None:
+    users = list(data.user_ids.ids)
+    uid = users[5]
+    t0 = float(engine.history(uid)["timestamp"].max())
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def ranker() -> None:
+        try:
+            while not stop.is_set():
+                out = engine.rank_batch(users, k=5, workers=2)
+                assert [r.user for r in out] == users and all(len(r) == 5 for r in out)
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    th = threading.Thread(target=ranker)
+    th.start()
+    items = data.item_ids.ids[10:16].tolist()
+    for j, i in enumerate(items):
+        engine.observe([(uid, i, t0 + 10 * (j + 1))])
+    stop.set()
+    th.join(timeout=120.0)
+    assert not th.is_alive() and not errors
+    assert engine.history(uid)["item_id"].to_list()[-len(items) :] == items
+
+
 def test_observe_concurrent_with_rank(engine: Engine, data: Dataset) -> None:
     uid = data.user_ids.ids[5]
     t0 = float(engine.history(uid)["timestamp"].max())

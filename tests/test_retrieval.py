@@ -233,6 +233,50 @@ def test_covisit_online_pairs_equal_refit():
     )
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), anchors=st.integers(1, 6))
+def test_covisit_anchors_are_the_latest_distinct_items(seed: int, anchors: int) -> None:
+    """The vectorised anchors equal the plain loop over each history, newest first, with
+    repeated items (which make the reader look further back), empty histories, users the log
+    holds apart after observe, and users past the log."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 9, 6
+    rows = [
+        (u, int(rng.integers(n_items)), float(t))
+        for u in range(n_users - 2)
+        for t in range(rng.integers(0, 14))
+    ]
+    inter = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+    items = pl.DataFrame({"item_id": list(range(n_items)), "title": [f"t{i}" for i in range(n_items)]})
+    users = pl.DataFrame({"user_id": list(range(n_users))})
+    ds = Dataset.from_frames(inter, items, users=users, catalog="all")
+    ch = CovisitChannel(CovisitConfig(window=3, anchors=anchors)).fit(ds)
+    touched = rng.choice(n_users, size=3, replace=False).astype(np.int64)
+    ch.observe(touched, rng.integers(n_items, size=3).astype(np.int64), np.full(3, 100.0))
+
+    def latest_distinct(u: int) -> list[int]:
+        out: list[int] = []
+        for it in ch._log.user(u)[0][::-1].tolist():
+            if it not in out and len(out) < anchors:
+                out.append(it)
+        return out
+
+    every = np.arange(n_users + 2, dtype=np.int64)  # two users past the log
+    got = ch._recent_distinct(every)
+    for u in every.tolist():
+        want = latest_distinct(u)
+        assert got[u].tolist() == want + [-1] * (anchors - len(want))
+        assert ch.anchors_of(u).tolist() == want
+    # and the anchor rows: decay^place / rowsum, items with an empty row left out
+    a = ch._anchor_rows(every).toarray()
+    for u in every.tolist():
+        want_row = np.zeros(n_items)
+        for place, it in enumerate(latest_distinct(u)):
+            if ch._rowsum[it] > 0:
+                want_row[it] = ch.config.anchor_decay**place / ch._rowsum[it]
+        np.testing.assert_array_equal(a[u], want_row)
+
+
 def test_covisit_new_item_gains_signal_online(small_drifting):
     ch = CovisitChannel().fit(small_drifting)
     n = small_drifting.n_items

@@ -139,6 +139,37 @@ def test_insert_events_is_the_stable_sort_of_all_events(seed: int, many_users: b
     np.testing.assert_array_equal(got[2], all_times[ref])
 
 
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5))
+@settings(max_examples=40, deadline=None)
+def test_event_log_batch_reads_equal_per_user_reads(seed: int, width: int) -> None:
+    """EventLog.seen, recent and latest read a batch at once: per user, exactly np.unique of
+    the history, its newest ``width`` items and its length and latest time, for users held as CSR rows, users that
+    ``add`` moved apart, and users past the log; in any order, with repeats."""
+    from driftrank.retrieval._common import EventLog
+
+    rng = np.random.default_rng(seed)
+    n_users = int(rng.integers(0, 7))
+    lengths = rng.integers(0, 7, size=n_users)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = rng.integers(0, 9, size=int(indptr[-1])).astype(np.int64)  # few items: repeats
+    log = EventLog(indptr, items, np.arange(len(items), dtype=np.float64))
+    m = int(rng.integers(0, 5))
+    log.add(rng.integers(0, n_users + 2, size=m), rng.integers(0, 12, size=m), np.full(m, 1e6))
+    users = rng.integers(0, n_users + 4, size=int(rng.integers(0, 10)))
+    rows, cols = log.seen(users)
+    recent, count = log.recent(users, width)
+    lengths, last = log.latest(users)
+    for j, u in enumerate(users.tolist()):
+        history, times = log.user(u)
+        assert lengths[j] == len(history)
+        np.testing.assert_array_equal(last[j], times[-1] if len(times) else np.nan)
+        np.testing.assert_array_equal(cols[rows == j], np.unique(history))
+        newest = history[::-1][:width]
+        np.testing.assert_array_equal(recent[j], np.concatenate([newest, np.full(width - len(newest), -1)]))
+        assert count[j] == log.length(u)
+    assert np.all(np.diff(rows) >= 0)
+
+
 @given(st.integers(0, 2**31 - 1), st.sampled_from(["rrf", "quota"]))
 @settings(max_examples=30, deadline=None)
 def test_merge_dense_counting_equals_sorting(seed: int, order: str) -> None:

@@ -193,7 +193,7 @@ def _row_gather(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     inside = r < len(ptr) - 1
     safe = np.where(inside, r, 0)
     starts = ptr[safe]
-    lengths = np.where(inside, ptr[safe + 1] - starts, 0)
+    lengths = np.where(inside, ptr[np.minimum(safe + 1, len(ptr) - 1)] - starts, 0)
     out_ptr = np.zeros(len(r) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out_ptr[1:])
     take = np.repeat(starts - out_ptr[:-1], lengths) + np.arange(out_ptr[-1], dtype=np.int64)

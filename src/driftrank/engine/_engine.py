@@ -24,6 +24,10 @@ from driftrank.types import Candidates, Ranking
 
 log = logging.getLogger(__name__)
 
+# rank_batch(workers=...) gives each worker at least this many users: below it, a part's fixed
+# costs (a thread, one pass of every stage) outweigh what the second core adds.
+_MIN_WORKER_USERS = 32
+
 __all__ = ["Engine", "RankResult"]
 
 DAY = 86400.0
@@ -168,6 +172,19 @@ class _RWLock:
                     self._readers -= 1
                     if self._readers == 0:
                         self._cond.notify_all()
+
+    @contextmanager
+    def lent(self) -> Any:
+        """Read in a helper thread on behalf of a reader that holds the lock until the helper
+        is done (``rank_batch`` with workers), as a nested read of that reader: a helper that
+        queued behind a waiting writer would deadlock, the writer waiting for the reader and
+        the reader for its helper."""
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
 
     @contextmanager
     def write(self) -> Any:
@@ -503,15 +520,11 @@ class Engine:
         st = self._require()
         batch = np.unique(users)
         n = int(batch[-1]) + 1 if len(batch) else 0
-        rows = [
-            np.unique(st.log.user(u)[0]) if u < st.log.n_users else np.zeros(0, np.int64)
-            for u in batch.tolist()
-        ]
+        rows, cols = st.log.seen(batch)
         counts = np.zeros(n, dtype=np.int64)
-        counts[batch] = [len(r) for r in rows]
+        counts[batch] = np.bincount(rows, minlength=len(batch))
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         return sp.csr_matrix((np.ones(len(cols), np.float32), cols, indptr), shape=(n, len(st.item_ids)))
 
     def _candidates(
@@ -587,7 +600,8 @@ class Engine:
 
         st = self._require()
         users = cands.users
-        at_u = self._resolve_at(users, at)
+        lengths, last = st.log.latest(users)
+        at_u = self._resolve_at(users, at, (lengths, last))
         row_user = cands.user_of_row()
         at_rows = at_u[row_user]
         popularity = st.popularity if cold_as is None else np.where(cold_as, 0.0, st.popularity)
@@ -607,29 +621,31 @@ class Engine:
         size = int(users.max()) + 1 if len(users) else 1
         hist_len = np.full(size, np.nan)
         idle = np.full(size, np.nan)
-        for j, u in enumerate(users.tolist()):
-            n_ev = st.log.length(u) if u < st.log.n_users else 0
-            hist_len[u] = math.log1p(n_ev)
-            if n_ev:
-                idle[u] = max(0.0, (at_u[j] - st.log.user(u)[1][-1]) / DAY)
+        hist_len[users] = np.log1p(lengths)
+        has = lengths > 0
+        idle[users[has]] = np.maximum(0.0, (at_u[has] - last[has]) / DAY)
         item_signals = {"popularity": np.log1p(popularity)}
         user_signals = {"history_length": hist_len, "idle_days": idle}
         if cold_as is not None:  # fusion training: the checked constructor
             return FusionInput(cands, signals, item_signals, user_signals)
         return FusionInput._unchecked(cands, signals, item_signals, user_signals)
 
-    def _resolve_at(self, users: np.ndarray, at: np.ndarray | None) -> np.ndarray:
-        """Request times: given, or each user's latest known event (NaN-free)."""
+    def _resolve_at(
+        self,
+        users: np.ndarray,
+        at: np.ndarray | None,
+        latest: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Request times: given, or each user's latest known event (NaN-free); ``latest`` is
+        ``log.latest(users)`` when the caller has it."""
         st = self._require()
-        out = np.empty(len(users), dtype=np.float64)
-        for j, u in enumerate(users.tolist()):
-            given = None if at is None else float(at[j])
-            if given is not None and not math.isnan(given):
-                out[j] = given
-            elif u < st.log.n_users and st.log.length(u):
-                out[j] = float(st.log.user(u)[1][-1])
-            else:
-                out[j] = float(np.nanmax(st.first_seen)) if np.isfinite(st.first_seen).any() else 0.0
+        lengths, last = st.log.latest(users) if latest is None else latest
+        out = last.copy()
+        if not (lengths > 0).all():
+            out[lengths == 0] = float(np.nanmax(st.first_seen)) if np.isfinite(st.first_seen).any() else 0.0
+        if at is not None:
+            given = np.asarray(at, dtype=np.float64)
+            out = np.where(np.isnan(given), out, given)
         return out
 
     def _score(self, cands: Candidates, at: np.ndarray | None) -> tuple[np.ndarray, Any]:
@@ -759,23 +775,48 @@ class Engine:
         at: Sequence[float | None] | None = None,
         exclude_seen: bool = True,
         filter: Callable[[object], bool] | Collection[object] | None = None,
+        workers: int = 1,
     ) -> list[RankResult]:
         """Rank many known users at once (faster than calling :meth:`rank` in a loop).
 
         ``at`` gives one time per user (or ``None`` for the default). Every user must be known;
         unknown ids raise :class:`UnknownIdError` naming the first.
+
+        ``workers > 1`` splits the users into that many parts (of at least
+        ``_MIN_WORKER_USERS`` users each) and ranks them in parallel threads. Much of a batch is
+        numpy and scipy work that runs on one core, so on two cores two workers rank about 1.3x
+        more users per second (``benchmarks/bench_engine_speed.py``); give torch one thread
+        each (``torch.set_num_threads(1)``) so that the workers do not oversubscribe the cores.
+        Results are those of one call up to float rounding (each part is a batch of its own),
+        and the batch sees one state of the engine: ``observe`` waits until it is done.
         """
         k = _check_k(k)
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise DataError(f"workers must be a positive integer, got {workers!r}")
         if isinstance(users, (str, bytes)) or not isinstance(users, Sequence):
             raise DataError(f"users must be a sequence of user ids, got {type(users).__name__}")
         if at is not None and len(at) != len(users):
             raise DataError(f"at must have one time per user ({len(users)}), got {len(at)}")
+        at_list: list[float | None] = list(at) if at is not None else [None] * len(users)
         with self._lock.read():
             st = self._require()
             idx = np.array([st.user_ids.index(u) for u in users], dtype=np.int64)
-        return self._rank_known(
-            idx, k, list(at) if at is not None else [None] * len(idx), exclude_seen, None, filter
-        )
+            n_parts = min(int(workers), len(idx) // _MIN_WORKER_USERS)
+            if n_parts <= 1:
+                return self._rank_known(idx, k, at_list, exclude_seen, None, filter)
+            from concurrent.futures import ThreadPoolExecutor
+
+            keep = self._keep_fn(None, filter)  # once, not per part (a predicate visits every item)
+
+            def part(rows: np.ndarray) -> list[RankResult]:
+                with self._lock.lent():
+                    return self._rank_known(
+                        idx[rows], k, [at_list[j] for j in rows.tolist()], exclude_seen, None, None, keep
+                    )
+
+            with ThreadPoolExecutor(n_parts, thread_name_prefix="driftrank-batch") as pool:
+                parts = list(pool.map(part, np.array_split(np.arange(len(idx)), n_parts)))
+        return [r for p in parts for r in p]
 
     def _rank_known(
         self,
@@ -785,19 +826,24 @@ class Engine:
         exclude_seen: bool,
         candidates: Iterable[object] | None,
         filt: Callable[[object], bool] | Collection[object] | None,
+        keep: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[RankResult]:
+        """``keep``: the item mask of ``filt`` when the caller made it already (``filt`` is
+        then ``None``)."""
         with self._lock.read():
             st = self._require()
             at_arr = np.array([np.nan if a is None else _check_time(a, "at") for a in at], dtype=np.float64)
-            for j, u in enumerate(users.tolist()):
-                if not math.isnan(at_arr[j]) and st.log.length(u):
-                    last = float(st.log.user(u)[1][-1])
-                    if at_arr[j] < last:
-                        raise DataError(
-                            f"at={at_arr[j]:.0f} is before the latest event the engine knows for user "
-                            f"{st.user_ids.ids[u]!r} ({last:.0f}); rank at or after it"
-                        )
-            keep = self._keep_fn(None, filt)
+            if not np.isnan(at_arr).all():
+                _, last = st.log.latest(users)
+                early = np.flatnonzero(at_arr < last)  # NaN (no at, or no event) compares False
+                if len(early):
+                    j = int(early[0])
+                    raise DataError(
+                        f"at={at_arr[j]:.0f} is before the latest event the engine knows for user "
+                        f"{st.user_ids.ids[users[j]]!r} ({last[j]:.0f}); rank at or after it"
+                    )
+            if keep is None:
+                keep = self._keep_fn(None, filt)
             only = None if candidates is None else self._candidate_items(candidates)
             exclude = self._seen_matrix(users) if exclude_seen else None
             at_opt = None if np.isnan(at_arr).all() else at_arr

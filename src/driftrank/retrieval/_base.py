@@ -149,14 +149,8 @@ class Channel(ABC):
     def _scores(self, users: np.ndarray) -> np.ndarray:
         """``float32[b, n_items]`` scores; NaN where the channel has nothing to say."""
 
-    def _seen_rows(self, log: EventLog, users: np.ndarray) -> sp.csr_matrix:
-        rows = [np.unique(log.user(int(u))[0]) for u in users]
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rows], out=indptr[1:])
-        cols = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        return sp.csr_matrix(
-            (np.ones(len(cols), np.float32), cols, indptr), shape=(len(users), self._n_items)
-        )
+    def _seen_rows(self, log: EventLog, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return log.seen(users)
 
     # ------------------------------------------------------------------ online
     def observe(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> None:

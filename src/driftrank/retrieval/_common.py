@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from driftrank.types import Ranking, csr_coordinates
+from driftrank.types import Ranking, _row_gather, csr_coordinates
 
 SECONDS_PER_DAY = 86400.0
 STATE_VERSION = 1
@@ -207,6 +207,71 @@ class EventLog:
         if more is not None:
             return len(more[0])
         return int(self.indptr[u + 1] - self.indptr[u]) if u < len(self.indptr) - 1 else 0
+
+    def recent(self, users: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(items int64[b, width], lengths int64[b])``: the ``width`` latest items of each of
+        ``users: int[b]``, newest first (-1 past the start of a history), and each user's
+        number of events. One gather for the users the log holds as CSR rows."""
+        users = np.asarray(users, dtype=np.int64)
+        inside = users < len(self.indptr) - 1
+        safe = np.where(inside, users, 0)
+        start, stop = self.indptr[safe], self.indptr[np.minimum(safe + 1, len(self.indptr) - 1)]
+        lengths = np.where(inside, stop - start, 0)
+        pos = stop[:, None] - 1 - np.arange(width)  # [b, width], newest first
+        ok = pos >= np.where(inside, start, stop)[:, None]
+        out = np.where(ok, self.items[np.where(ok, pos, 0)] if len(self.items) else -1, -1)
+        for j in np.flatnonzero([u in self.extra for u in users.tolist()] if self.extra else []).tolist():
+            it = self.extra[int(users[j])][0]
+            tail = it[::-1][:width]
+            out[j] = -1
+            out[j, : len(tail)] = tail
+            lengths[j] = len(it)
+        return out, lengths
+
+    def latest(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(lengths int64[b], last float64[b])``: each of ``users``' number of events and the
+        time of their latest one (NaN without events)."""
+        users = np.asarray(users, dtype=np.int64)
+        if len(users) == 1:  # a single request: a lookup, not array steps
+            times = self.user(int(users[0]))[1]
+            return np.array([len(times)]), np.array([times[-1] if len(times) else np.nan])
+        inside = users < len(self.indptr) - 1
+        safe = np.where(inside, users, 0)
+        stop = self.indptr[np.minimum(safe + 1, len(self.indptr) - 1)]
+        lengths = np.where(inside, stop - self.indptr[safe], 0)
+        last = np.full(len(users), np.nan)
+        has = lengths > 0
+        last[has] = self.times[stop[has] - 1]
+        if self.extra:
+            for j, u in enumerate(users.tolist()):
+                more = self.extra.get(u)
+                if more is not None:
+                    lengths[j] = len(more[1])
+                    last[j] = more[1][-1] if len(more[1]) else np.nan
+        return lengths, last
+
+    def seen(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, items)``: ``int64[m]`` coordinates of the distinct items of each of ``users:
+        int[b]`` (row ``j`` = ``users[j]``), by row, each row's items ascending: what
+        ``np.unique`` of each history gives, for the whole batch in one sort."""
+        users = np.asarray(users, dtype=np.int64)
+        if len(users) == 1:  # a single request: skip the batch bookkeeping
+            cols = np.unique(self.user(int(users[0]))[0])
+            return np.zeros(len(cols), dtype=np.int64), cols
+        take, ptr = _row_gather(self.indptr, users)
+        rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(ptr))
+        items = self.items[take]
+        if self.extra:
+            held = [j for j, u in enumerate(users.tolist()) if u in self.extra]
+            if held:
+                apart = np.isin(rows, held)
+                rows, items = rows[~apart], items[~apart]
+                more = [self.extra[int(users[j])][0] for j in held]
+                rows = np.concatenate([rows, *(np.full(len(m), j, np.int64) for j, m in zip(held, more))])
+                items = np.concatenate([items, *more])
+        width = int(items.max()) + 1 if len(items) else 1
+        keys = np.unique(rows * width + items)
+        return keys // width, keys % width
 
     def add(self, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
         """Append events (arrays of one length); users beyond the log grow it. Each goes in

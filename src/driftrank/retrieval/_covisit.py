@@ -165,33 +165,51 @@ class CovisitChannel(Channel):
         return self._c
 
     def _anchor_rows(self, users: np.ndarray) -> sp.csr_matrix:
-        """``[b, n_items]`` CSR of anchor weights ``anchor_decay^j / rowsum``."""
+        """``[b, n_items]`` CSR of anchor weights ``anchor_decay^j / rowsum`` (``j``: the item's
+        place among the user's latest distinct items, newest first)."""
         cfg = self.config
+        anchors = self._recent_distinct(users)
+        row, place = np.nonzero(anchors >= 0)
+        items = anchors[row, place]
+        rs = self._rowsum[items]
+        ok = rs > 0
+        weights = (cfg.anchor_decay ** np.arange(cfg.anchors))[place[ok]] / rs[ok]
+        return csr_from_coo(weights, row[ok], items[ok], (len(users), self._n_items))
+
+    def _recent_distinct(self, users: np.ndarray) -> np.ndarray:
+        """``int64[b, anchors]``: each user's latest distinct items, newest first (-1 after
+        the last one). Reads the latest ``anchors`` events of every user at once, and more
+        (doubling) only while some user with a longer history has repeats among them."""
         log = self._events("candidates")
-        rows, cols, vals = [], [], []
-        decay = cfg.anchor_decay ** np.arange(cfg.anchors)
-        for j, u in enumerate(users.tolist()):
-            items, _ = log.user(u)
-            if len(items) == 0:
-                continue
+        n = self.config.anchors
+        out = np.full((len(users), n), -1, dtype=np.int64)
+        if len(users) == 1:  # a single request: the plain walk costs less than the array steps
             recent: list[int] = []
-            for it in items[::-1].tolist():
+            for it in log.user(int(users[0]))[0][::-1].tolist():
                 if it not in recent:
                     recent.append(it)
-                    if len(recent) == cfg.anchors:
+                    if len(recent) == n:
                         break
-            a = np.asarray(recent, dtype=np.int64)
-            rs = self._rowsum[a]
-            ok = rs > 0
-            if not ok.any():
-                continue
-            rows.append(np.full(int(ok.sum()), j))
-            cols.append(a[ok])
-            vals.append(decay[: len(a)][ok] / rs[ok])
-        n = self._n_items
-        if not rows:
-            return sp.csr_matrix((len(users), n))
-        return csr_from_coo(np.concatenate(vals), np.concatenate(rows), np.concatenate(cols), (len(users), n))
+            out[0, : len(recent)] = recent
+            return out
+        width = n
+        while True:
+            tail, lengths = log.recent(users, width)
+            # An entry is kept when no newer entry of its row holds the same item.
+            order = np.argsort(tail, axis=1, kind="stable")
+            srt = np.take_along_axis(tail, order, axis=1)
+            dup = np.zeros(tail.shape, dtype=bool)
+            np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
+            first = (tail >= 0) & ~dup
+            rank = np.cumsum(first, axis=1) - 1
+            take = first & (rank < n)
+            short = (take.sum(axis=1) < n) & (lengths > width)
+            if not short.any():
+                break
+            width *= 2
+        r, c = np.nonzero(take)
+        out[r, rank[r, c]] = tail[r, c]
+        return out
 
     def _scores(self, users: np.ndarray) -> np.ndarray:
         # The merged matrix plus the pairs observed since the last merge, read as they are:
@@ -208,14 +226,9 @@ class CovisitChannel(Channel):
 
     def anchors_of(self, user: int) -> np.ndarray:
         """``int64[<= anchors]`` the user's most recent distinct items, newest first."""
-        items, _ = self._events("anchors_of").user(int(user))
-        out: list[int] = []
-        for it in items[::-1].tolist():
-            if it not in out:
-                out.append(it)
-                if len(out) == self.config.anchors:
-                    break
-        return np.asarray(out, dtype=np.int64)
+        self._events("anchors_of")
+        row = self._recent_distinct(np.array([int(user)], dtype=np.int64))[0]
+        return row[row >= 0]
 
     # ------------------------------------------------------------------ online
     def _observe(self, log: EventLog, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:

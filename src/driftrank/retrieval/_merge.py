@@ -318,14 +318,17 @@ def merge_rankings(
         allowed = (quotas[chan] > 0)[flat_order]
     seq_items = items.reshape(b, -1)[:, flat_order]
     seq_ok = valid.reshape(b, -1)[:, flat_order] & allowed[None, :]
-    r_ok, p_ok = np.nonzero(seq_ok)  # row-major, as boolean indexing orders them
-    i_ok = seq_items[r_ok, p_ok]
+    # Row-major, as boolean indexing orders them; flat positions, which index faster than pairs.
+    flat_ok = np.flatnonzero(seq_ok)
+    width = seq_ok.shape[1]
+    r_ok = flat_ok // width
+    p_ok = flat_ok - r_ok * width
+    i_ok = seq_items.reshape(-1)[flat_ok]
     n_items = int(items.max()) + 1 if items.size and items.max() >= 0 else 1
     keys = r_ok * n_items + i_ok
     if order == "rrf":
-        c_ok = chan[flat_order][p_ok]
-        rk_ok = rank[flat_order][p_ok]
-        contrib = quotas[c_ok] / (rrf_k + rk_ok + 1.0)
+        # Each sequence position's contribution, computed once for all rows.
+        contrib = (quotas[chan] / (rrf_k + rank + 1.0))[flat_order][p_ok]
     dense = b * n_items <= max(_DENSE_PER_PAIR * len(keys), _DENSE_SLOTS)
     slots = b * n_items
     if dense:
