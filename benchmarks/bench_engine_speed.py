@@ -19,12 +19,14 @@ measures, in one process and under the same thread settings:
   by user, so that background load hits both;
 - batch throughput (users/s): ``engine.rank_batch`` over all users in batches of
   ``--batch-size`` (first requests, then repeats) with ``--workers`` parallel workers (default:
-  as many as threads; torch gets one thread per worker while they run), and first requests
+  as many as threads; torch, BLAS and OpenMP get one thread per worker while they run), and first requests
   again in one call per batch (``workers=1``, torch on every thread), against ALS ``recommend``
   with arrays of users, ``--passes`` times in turn; the medians are reported (a single pass
   moved by ±15% between runs on the shared machine).
 
-Every ratio is hybrid / ALS. By default everything runs on one thread (torch, BLAS, implicit's
+The process first calls ``driftrank.engine.tune_malloc()`` (glibc keeps freed memory for reuse
+instead of faulting it in again on every batch; it applies to ALS too, in the same process);
+``--default-malloc`` keeps the allocator's defaults. Every ratio is hybrid / ALS. By default everything runs on one thread (torch, BLAS, implicit's
 ``num_threads``): one request per core, as a serving process with a worker per core would run.
 Results go to ``--out``: ``results.json`` (machine, command, config, all numbers) and
 ``latency.png`` (histograms of the single-user latencies).
@@ -53,7 +55,7 @@ from tqdm import tqdm
 from driftrank._atomic import write_text_atomic
 from driftrank.bench._harness import machine_info
 from driftrank.data import Dataset, load_dataset
-from driftrank.engine import Engine, EngineConfig
+from driftrank.engine import Engine, EngineConfig, tune_malloc
 from driftrank.eval import leave_one_out
 
 log = logging.getLogger("bench_engine_speed")
@@ -78,7 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workers",
         type=int,
-        help="rank_batch workers (default: --threads), each with one torch thread",
+        help="rank_batch workers (default: --threads), each with one torch/BLAS thread",
+    )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's allocator defaults (by default the run calls driftrank.engine.tune_malloc())",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample and of ALS")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"), help="output folder")
@@ -229,7 +236,7 @@ def batch_throughput(
 ) -> dict[str, Any]:
     """Users per second of ``rank_batch`` over all users (first requests, then repeats) and of
     ALS ``recommend`` with arrays of users, ``passes`` times in turn (one pass: hybrid first
-    requests and repeats with ``workers`` and torch on one thread per worker, hybrid first
+    requests and repeats with ``workers`` and torch, BLAS and OpenMP on one thread per worker, hybrid first
     requests in one call with torch on ``threads`` threads, ALS), so that a stretch of
     background load hits all of them. Reports each pass and the medians; the ratios use the
     medians."""
@@ -244,10 +251,11 @@ def batch_throughput(
                 engine.clear_caches()
             w = 1 if name == "hybrid_one_worker" else workers
             torch.set_num_threads(threads if w == 1 else 1)
-            t = time.perf_counter()
-            for s in range(0, len(raw_ids), batch_size):
-                engine.rank_batch(raw_ids[s : s + batch_size], k=K, workers=w)
-            runs[name].append(len(raw_ids) / (time.perf_counter() - t))
+            with threadpool_limits(threads if w == 1 else 1):
+                t = time.perf_counter()
+                for s in range(0, len(raw_ids), batch_size):
+                    engine.rank_batch(raw_ids[s : s + batch_size], k=K, workers=w)
+                runs[name].append(len(raw_ids) / (time.perf_counter() - t))
         torch.set_num_threads(threads)
         t = time.perf_counter()
         for s in range(0, len(raw_ids), batch_size):
@@ -295,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
+    malloc_tuned = False if args.default_malloc else tune_malloc()
     load_start = os.getloadavg()
     ds = load_dataset(args.dataset)
     train = leave_one_out(ds).train_valid
@@ -359,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n_interactions": train.n_interactions,
         },
         "threads": args.threads,
+        "malloc_tuned": malloc_tuned,
         "k": K,
         "config": engine.config.to_dict(),
         "fit": {"hybrid": fit, "als_seconds": als_fit_s},
@@ -368,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": {
             "batch_size": args.batch_size,
             "workers": args.workers,
-            "torch_threads_per_worker": 1 if args.workers > 1 else args.threads,
+            "threads_per_worker": 1 if args.workers > 1 else args.threads,
             "n_users": len(raw_ids),
             **batch,
         },

@@ -229,7 +229,9 @@ def test_concurrent_rank_matches_serial(engine: Engine, data: Dataset) -> None:
     assert results == serial
 
 
-def test_rank_batch_workers_rank_like_one_call(engine: Engine, data: Dataset) -> None:
+def test_rank_batch_workers_rank_like_one_call(
+    engine: Engine, data: Dataset, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     users = list(data.user_ids.ids)  # 70 users: two parts of 35 (at least 32 per worker)
     later = [float(engine.history(u)["timestamp"].max()) + 3600.0 for u in users]
     keep = set(data.item_ids.ids[::2].tolist())
@@ -248,6 +250,22 @@ def test_rank_batch_workers_rank_like_one_call(engine: Engine, data: Dataset) ->
                     np.testing.assert_allclose(a.contributions[g], b.contributions[g], rtol=1e-4, atol=1e-5)
         if "filter" in kwargs:
             assert all(set(r.item_ids.tolist()) <= keep for r in many)
+    # Workers beside multi-threaded torch are worth a note in the log, once per process.
+    import torch
+
+    from driftrank.engine import _engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_oversubscription_noted", False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level("WARNING", logger="driftrank.engine._engine"):
+            engine.rank_batch(users, k=8, workers=2)
+            engine.rank_batch(users, k=8, workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    notes = [r.getMessage() for r in caplog.records if "workers while" in r.getMessage()]
+    assert len(notes) == 1 and "torch (2)" in notes[0]
     # Too few users for two parts: one call, the same answers.
     few = engine.rank_batch(users[:40], k=8, workers=2)
     for a, b in zip(one[:40], few, strict=True):
@@ -315,6 +333,38 @@ def test_observe_concurrent_with_rank_batch_workers(engine: Engine, data: Datase
     th.join(timeout=120.0)
     assert not th.is_alive() and not errors
     assert engine.history(uid)["item_id"].to_list()[-len(items) :] == items
+
+
+def test_tune_malloc_sets_glibc_and_checks_its_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+    import subprocess
+    import sys
+
+    from driftrank.engine import tune_malloc
+
+    # In a child process: the setting is process-wide and lasts until the process exits.
+    code = (
+        "import numpy as np\n"
+        "from driftrank.engine import tune_malloc\n"
+        "print(tune_malloc(), tune_malloc(mmap_threshold_mb=8, trim_threshold_mb=256, top_pad_mb=0))\n"
+        "a = [np.ones(1 << 21) for _ in range(4)]  # 16 MB blocks, now from the heap\n"
+        "print(sum(float(x.sum()) for x in a))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert out == [str(glibc), str(glibc), str(float(4 << 21))]
+    for bad in (
+        {"mmap_threshold_mb": 64},
+        {"trim_threshold_mb": -1},
+        {"top_pad_mb": 2048},
+        {"trim_threshold_mb": 1.5},
+    ):
+        with pytest.raises(ConfigError, match="_mb must"):
+            tune_malloc(**bad)  # type: ignore[arg-type]
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert tune_malloc() is False
 
 
 def test_observe_concurrent_with_rank(engine: Engine, data: Dataset) -> None:

@@ -4,5 +4,14 @@ from driftrank.engine._config import EncoderConfig, EngineConfig
 from driftrank.engine._engine import Engine, RankResult
 from driftrank.engine._explain import Explanation
 from driftrank.engine._llm_stage import LLMStageConfig
+from driftrank.engine._malloc import tune_malloc
 
-__all__ = ["EncoderConfig", "Engine", "EngineConfig", "Explanation", "LLMStageConfig", "RankResult"]
+__all__ = [
+    "EncoderConfig",
+    "Engine",
+    "EngineConfig",
+    "Explanation",
+    "LLMStageConfig",
+    "RankResult",
+    "tune_malloc",
+]

@@ -785,8 +785,10 @@ class Engine:
         ``workers > 1`` splits the users into that many parts (of at least
         ``_MIN_WORKER_USERS`` users each) and ranks them in parallel threads. Much of a batch is
         numpy and scipy work that runs on one core, so on two cores two workers rank about 1.3x
-        more users per second (``benchmarks/bench_engine_speed.py``); give torch one thread
-        each (``torch.set_num_threads(1)``) so that the workers do not oversubscribe the cores.
+        more users per second (``benchmarks/bench_engine_speed.py``) when each worker has one
+        thread (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)`` for
+        BLAS and OpenMP; a warning is logged once otherwise), so that the threads do not
+        outnumber the cores.
         Results are those of one call up to float rounding (each part is a batch of its own),
         and the batch sees one state of the engine: ``observe`` waits until it is done.
         """
@@ -806,6 +808,7 @@ class Engine:
                 return self._rank_known(idx, k, at_list, exclude_seen, None, filter)
             from concurrent.futures import ThreadPoolExecutor
 
+            _note_oversubscription(n_parts)
             keep = self._keep_fn(None, filter)  # once, not per part (a predicate visits every item)
 
             def part(rows: np.ndarray) -> list[RankResult]:
@@ -1261,6 +1264,36 @@ def _first_seen(ds: Dataset) -> np.ndarray:
     np.minimum.at(out, ds.item_index, ds.timestamps)
     out[np.isinf(out)] = np.nan
     return out
+
+
+_oversubscription_noted = False
+
+
+def _note_oversubscription(workers: int) -> None:
+    """Log once per process when ``rank_batch`` workers run while torch, BLAS or OpenMP use
+    more than one thread each: the threads then outnumber the cores and wait on each other
+    (measured on 2 cores: two workers rank 20% fewer users/s with BLAS on two threads than on
+    one)."""
+    global _oversubscription_noted
+    if _oversubscription_noted:
+        return
+    _oversubscription_noted = True
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    torch = sys.modules.get("torch")
+    busy = {lib["internal_api"]: lib["num_threads"] for lib in threadpool_info() if lib["num_threads"] > 1}
+    if torch is not None and torch.get_num_threads() > 1:
+        busy["torch"] = torch.get_num_threads()
+    if busy:
+        log.warning(
+            "rank_batch runs %d workers while %s use several threads each; for the best throughput "
+            "give each worker one thread: torch.set_num_threads(1) and "
+            "threadpoolctl.threadpool_limits(1)",
+            workers,
+            ", ".join(f"{k} ({v})" for k, v in sorted(busy.items())),
+        )
 
 
 def _check_k(k: object) -> int:
