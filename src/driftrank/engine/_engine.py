@@ -784,8 +784,8 @@ class Engine:
 
         ``workers > 1`` splits the users into that many parts (of at least
         ``_MIN_WORKER_USERS`` users each) and ranks them in parallel threads. Much of a batch is
-        numpy and scipy work that runs on one core, so on two cores two workers rank about 1.3x
-        more users per second (``benchmarks/bench_engine_speed.py``) when each worker has one
+        numpy and scipy work that runs on one core, so on two cores two workers rank 1.1-1.4x as
+        many users per second as one (``benchmarks/bench_engine_speed.py``) when each worker has one
         thread (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)`` for
         BLAS and OpenMP; a warning is logged once otherwise), so that the threads do not
         outnumber the cores.
