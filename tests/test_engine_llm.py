@@ -87,13 +87,27 @@ def test_fine_tuning_examples_hold_the_target_and_no_later_event(engine: Engine,
         assert q.interest is not None and q.interest.shape[0] == engine._interest.interest.n_scales
 
 
-def test_batch_equals_single_with_llm(engine: Engine, data: Dataset) -> None:
+def test_batch_equals_single_with_llm(engine: Engine, data: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [engine._require().user_ids.ids[u].item() for u in range(4)]
     batch = engine.rank_batch(ids, k=5)
     for uid, b in zip(ids, batch, strict=True):
         one = engine.rank(uid, k=5)
         np.testing.assert_array_equal(one.item_ids, b.item_ids)
         np.testing.assert_allclose(one.scores, b.scores, rtol=1e-4, atol=1e-5)
+    # workers: the language model scores one batch at a time, so the batch runs in one part
+    import concurrent.futures
+
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rank_batch split a batch of an engine with the LLM stage")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_pool)
+    every = [x.item() for x in engine._require().user_ids.ids]
+    every += every[: max(0, 64 - len(every))]  # enough users for two parts of 32
+    assert len(every) >= 64
+    many = engine.rank_batch(every, k=5, workers=2)
+    assert [r.user for r in many] == every
+    for a, b in zip(batch, many[:4], strict=True):
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
 
 
 def test_save_load_with_llm_ranks_identically(

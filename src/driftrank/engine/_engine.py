@@ -790,7 +790,8 @@ class Engine:
         BLAS and OpenMP; a warning is logged once otherwise), so that the threads do not
         outnumber the cores.
         Results are those of one call up to float rounding (each part is a batch of its own),
-        and the batch sees one state of the engine: ``observe`` waits until it is done.
+        and the batch sees one state of the engine: ``observe`` waits until it is done. An
+        engine with the LLM stage ranks in one part whatever ``workers`` says.
         """
         k = _check_k(k)
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -804,7 +805,8 @@ class Engine:
             st = self._require()
             idx = np.array([st.user_ids.index(u) for u in users], dtype=np.int64)
             n_parts = min(int(workers), len(idx) // _MIN_WORKER_USERS)
-            if n_parts <= 1:
+            if n_parts <= 1 or self._llm is not None:
+                # The language model scores one batch of queries at a time (and loads lazily).
                 return self._rank_known(idx, k, at_list, exclude_seen, None, filter)
             from concurrent.futures import ThreadPoolExecutor
 
