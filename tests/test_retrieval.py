@@ -238,7 +238,7 @@ def test_covisit_online_pairs_equal_refit():
 def test_covisit_anchors_are_the_latest_distinct_items(seed: int, anchors: int) -> None:
     """The vectorised anchors equal the plain loop over each history, newest first, with
     repeated items (which make the reader look further back), empty histories, users the log
-    holds apart after observe, and users past the log."""
+    holds apart after observe, and users past the log; one user's scores equal the batch's."""
     rng = np.random.default_rng(seed)
     n_users, n_items = 9, 6
     rows = [
@@ -252,7 +252,12 @@ def test_covisit_anchors_are_the_latest_distinct_items(seed: int, anchors: int) 
     ds = Dataset.from_frames(inter, items, users=users, catalog="all")
     ch = CovisitChannel(CovisitConfig(window=3, anchors=anchors)).fit(ds)
     touched = rng.choice(n_users, size=3, replace=False).astype(np.int64)
-    ch.observe(touched, rng.integers(n_items, size=3).astype(np.int64), np.full(3, 100.0))
+    with_events = [u for u in range(n_users) if len(ch._log.user(u)[0])]
+    if with_events:
+        touched[0] = with_events[0]  # one of them has events before: new pairs
+    with pytest.MonkeyPatch.context() as mp:  # keep the new pairs in the delta matrix
+        mp.setattr("driftrank.retrieval._covisit._MERGE_SHARE", 10.0)
+        ch.observe(touched, rng.integers(n_items, size=3).astype(np.int64), np.full(3, 100.0))
 
     def latest_distinct(u: int) -> list[int]:
         out: list[int] = []
@@ -267,6 +272,12 @@ def test_covisit_anchors_are_the_latest_distinct_items(seed: int, anchors: int) 
         want = latest_distinct(u)
         assert got[u].tolist() == want + [-1] * (anchors - len(want))
         assert ch.anchors_of(u).tolist() == want
+    # One user's scores (read off the matrices' rows) are the batch's (a sparse product), bit
+    # for bit, with the pairs observed since the fit still in the delta matrix.
+    assert ch._delta is not None or not with_events
+    batch = ch._scores(every)
+    for u in every.tolist():
+        np.testing.assert_array_equal(ch._scores(np.array([u])), batch[u : u + 1])
     # and the anchor rows: decay^place / rowsum, items with an empty row left out
     a = ch._anchor_rows(every).toarray()
     for u in every.tolist():

@@ -91,7 +91,8 @@ def topk(
         keys[exclude_rows] = np.inf
     kk = min(k, m)
     order = top_order(keys, kk)
-    top = -np.take_along_axis(keys, order, axis=1)
+    # One row (a single request): plain indexing, not take_along_axis' index grid.
+    top = -(keys[0, order[0]][None, :] if len(keys) == 1 else np.take_along_axis(keys, order, axis=1))
     items = order.astype(np.int64)
     bad = ~np.isfinite(top)
     items[bad] = -1
