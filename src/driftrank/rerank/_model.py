@@ -598,10 +598,15 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         """
         if net is not self.net_:
             return net.item_tables()
-        # One walk over the modules (parameters() plus buffers() would walk twice).
-        tensors = tuple(
-            t for m in net.modules() for d in (m._parameters, m._buffers) for t in d.values() if t is not None
-        )
+        # One walk over the modules' own dicts (modules() builds a name for every module, and
+        # parameters() plus buffers() would walk twice): the same tensors, in another order.
+        tensors: list[torch.Tensor] = []
+        stack: list[torch.nn.Module] = [net]
+        while stack:
+            m = stack.pop()
+            tensors.extend(t for t in m._parameters.values() if t is not None)
+            tensors.extend(t for t in m._buffers.values() if t is not None)
+            stack.extend(c for c in m._modules.values() if c is not None)
         try:
             versions = tuple(t._version for t in tensors)
         except RuntimeError:  # inference tensors carry no version counter: never cache them
