@@ -309,32 +309,6 @@ def test_rank_batch_workers_read_while_a_writer_waits() -> None:
     assert wrote.is_set()  # the writer got in once the batch was done
 
 
-def test_observe_concurrent_with_rank_batch_workers(engine: Engine, data: Dataset) -> None:
-    users = list(data.user_ids.ids)
-    uid = users[5]
-    t0 = float(engine.history(uid)["timestamp"].max())
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def ranker() -> None:
-        try:
-            while not stop.is_set():
-                out = engine.rank_batch(users, k=5, workers=2)
-                assert [r.user for r in out] == users and all(len(r) == 5 for r in out)
-        except BaseException as exc:  # pragma: no cover
-            errors.append(exc)
-
-    th = threading.Thread(target=ranker)
-    th.start()
-    items = data.item_ids.ids[10:16].tolist()
-    for j, i in enumerate(items):
-        engine.observe([(uid, i, t0 + 10 * (j + 1))])
-    stop.set()
-    th.join(timeout=120.0)
-    assert not th.is_alive() and not errors
-    assert engine.history(uid)["item_id"].to_list()[-len(items) :] == items
-
-
 def test_tune_malloc_sets_glibc_and_checks_its_input(monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
     import subprocess
@@ -367,17 +341,25 @@ def test_tune_malloc_sets_glibc_and_checks_its_input(monkeypatch: pytest.MonkeyP
     assert tune_malloc() is False
 
 
-def test_observe_concurrent_with_rank(engine: Engine, data: Dataset) -> None:
-    uid = data.user_ids.ids[5]
+@pytest.mark.parametrize("batch", [False, True], ids=["rank", "rank_batch-workers"])
+def test_observe_concurrent_with_rank(engine: Engine, data: Dataset, batch: bool) -> None:
+    users = list(data.user_ids.ids)
+    uid = users[5]
     t0 = float(engine.history(uid)["timestamp"].max())
     errors: list[BaseException] = []
     stop = threading.Event()
 
+    def rank_once() -> None:
+        if batch:  # two parts ranked in helper threads under the batch's read lock
+            out = engine.rank_batch(users, k=5, workers=2)
+            assert [r.user for r in out] == users and all(len(r) == 5 for r in out)
+        else:
+            assert len(engine.rank(users[6], k=5)) == 5
+
     def ranker() -> None:
         try:
             while not stop.is_set():
-                r = engine.rank(data.user_ids.ids[6], k=5)
-                assert len(r) == 5
+                rank_once()
         except BaseException as exc:  # pragma: no cover
             errors.append(exc)
 
@@ -387,8 +369,8 @@ def test_observe_concurrent_with_rank(engine: Engine, data: Dataset) -> None:
     for j, i in enumerate(items):
         engine.observe([(uid, i, t0 + 10 * (j + 1))])
     stop.set()
-    th.join()
-    assert not errors
+    th.join(timeout=120.0)
+    assert not th.is_alive() and not errors
     hist = engine.history(uid)["item_id"].to_list()
     assert hist[-len(items) :] == items
 

@@ -125,7 +125,7 @@ class Channel(ABC):
         if isinstance(exclude, str):
             if exclude != "seen":
                 raise DataError(f"exclude must be a CSR matrix, 'seen' or None, got {exclude!r}")
-            return topk(scores, n, self._seen_rows(log, users))
+            return topk(scores, n, log.seen(users))
         return topk(scores, n, exclude_coordinates(exclude, users, self._n_items))
 
     def score_rows(self, users: np.ndarray) -> np.ndarray:
@@ -148,9 +148,6 @@ class Channel(ABC):
     @abstractmethod
     def _scores(self, users: np.ndarray) -> np.ndarray:
         """``float32[b, n_items]`` scores; NaN where the channel has nothing to say."""
-
-    def _seen_rows(self, log: EventLog, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return log.seen(users)
 
     # ------------------------------------------------------------------ online
     def observe(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> None:

@@ -208,17 +208,23 @@ class EventLog:
             return len(more[0])
         return int(self.indptr[u + 1] - self.indptr[u]) if u < len(self.indptr) - 1 else 0
 
+    def _spans(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(stop, lengths)``: where each of ``users: int64[b]``'s events end in the CSR
+        arrays and how many there are (0 for users past them; the users ``add`` moved to
+        ``extra`` are the callers' to handle)."""
+        inside = users < len(self.indptr) - 1
+        safe = np.where(inside, users, 0)
+        stop = self.indptr[np.minimum(safe + 1, len(self.indptr) - 1)]
+        return stop, np.where(inside, stop - self.indptr[safe], 0)
+
     def recent(self, users: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(items int64[b, width], lengths int64[b])``: the ``width`` latest items of each of
         ``users: int[b]``, newest first (-1 past the start of a history), and each user's
         number of events. One gather for the users the log holds as CSR rows."""
         users = np.asarray(users, dtype=np.int64)
-        inside = users < len(self.indptr) - 1
-        safe = np.where(inside, users, 0)
-        start, stop = self.indptr[safe], self.indptr[np.minimum(safe + 1, len(self.indptr) - 1)]
-        lengths = np.where(inside, stop - start, 0)
+        stop, lengths = self._spans(users)
         pos = stop[:, None] - 1 - np.arange(width)  # [b, width], newest first
-        ok = pos >= np.where(inside, start, stop)[:, None]
+        ok = pos >= (stop - lengths)[:, None]
         out = np.where(ok, self.items[np.where(ok, pos, 0)] if len(self.items) else -1, -1)
         for j in np.flatnonzero([u in self.extra for u in users.tolist()] if self.extra else []).tolist():
             it = self.extra[int(users[j])][0]
@@ -235,10 +241,7 @@ class EventLog:
         if len(users) == 1:  # a single request: a lookup, not array steps
             times = self.user(int(users[0]))[1]
             return np.array([len(times)]), np.array([times[-1] if len(times) else np.nan])
-        inside = users < len(self.indptr) - 1
-        safe = np.where(inside, users, 0)
-        stop = self.indptr[np.minimum(safe + 1, len(self.indptr) - 1)]
-        lengths = np.where(inside, stop - self.indptr[safe], 0)
+        stop, lengths = self._spans(users)
         last = np.full(len(users), np.nan)
         has = lengths > 0
         last[has] = self.times[stop[has] - 1]

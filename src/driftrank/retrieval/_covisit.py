@@ -164,17 +164,22 @@ class CovisitChannel(Channel):
             self._delta, self._pending_n = None, 0
         return self._c
 
-    def _anchor_rows(self, users: np.ndarray) -> sp.csr_matrix:
-        """``[b, n_items]`` CSR of anchor weights ``anchor_decay^j / rowsum`` (``j``: the item's
-        place among the user's latest distinct items, newest first)."""
-        cfg = self.config
+    def _anchor_entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, items, weights)``: each user's anchors (row ``j`` = ``users[j]``) with
+        weight ``anchor_decay^p / rowsum`` (``p``: the item's place among the user's latest
+        distinct items, newest first); items with an empty matrix row are left out."""
         anchors = self._recent_distinct(users)
         row, place = np.nonzero(anchors >= 0)
         items = anchors[row, place]
         rs = self._rowsum[items]
         ok = rs > 0
-        weights = (cfg.anchor_decay ** np.arange(cfg.anchors))[place[ok]] / rs[ok]
-        return csr_from_coo(weights, row[ok], items[ok], (len(users), self._n_items))
+        weights = (self.config.anchor_decay ** np.arange(self.config.anchors))[place[ok]] / rs[ok]
+        return row[ok], items[ok], weights
+
+    def _anchor_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        """``[b, n_items]`` CSR of the anchor weights of :meth:`_anchor_entries`."""
+        row, items, weights = self._anchor_entries(users)
+        return csr_from_coo(weights, row, items, (len(users), self._n_items))
 
     def _recent_distinct(self, users: np.ndarray) -> np.ndarray:
         """``int64[b, anchors]``: each user's latest distinct items, newest first (-1 after
@@ -233,13 +238,7 @@ class CovisitChannel(Channel):
         cost more than the arithmetic). Bit for bit the product's sums: each item's terms
         are added in the order the sparse product adds them (anchors by item index, each row
         in stored order), starting from zero."""
-        cfg = self.config
-        recent = self._recent_distinct(users)[0]
-        recent = recent[recent >= 0]
-        rs = self._rowsum[recent]
-        ok = np.flatnonzero(rs > 0)
-        weights = (cfg.anchor_decay ** np.arange(cfg.anchors))[ok] / rs[ok]
-        items = recent[ok]
+        _, items, weights = self._anchor_entries(users)
         order = np.argsort(items)
         items, weights = items[order], weights[order]
         out = self._row_sums(self._c, items, weights)
