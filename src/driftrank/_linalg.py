@@ -8,6 +8,13 @@ exact item search and the interest similarity used numpy products, and its p99 f
 17.7 ms with the factor channels' and the fusion layer's products in numpy too. Products
 that serve requests go here; torch only reads the arrays. In a process that has not imported
 torch (a retrieval channel used alone) there is no second pool, and numpy computes them.
+
+Small products go to numpy all the same. Between two requests the caches are cold, and then
+torch's dispatch costs more than such a product: a ``[1, 4] @ [4, 16]`` took 98 µs by torch
+and 17 µs by numpy after a 48 MB sweep (11 and 1.5 µs warm). OpenBLAS runs most products of this
+size on the calling thread (not all: it split ``[1, 64] @ [64, 1682]`` over two threads). With the products of at most 2^18 multiply-adds in numpy, a one-user request
+took 12% less time at p50 and 20% less at p99 (medians over eight rounds of 300 users,
+alternating with all products in torch, two threads each).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import numpy as np
 
 _readonly_seen = False
+_SMALL = 1 << 18  # multiply-adds up to which numpy computes the product
 
 
 def _tensor(a: np.ndarray) -> Any:
@@ -37,11 +45,12 @@ def _tensor(a: np.ndarray) -> Any:
 
 def matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b.T`` for ``a: [n, d]`` and ``b: [m, d]``, in float64 when either is float64,
-    else float32: by torch when the process has imported it, else by numpy (the same values
-    up to float rounding)."""
-    dtype = np.float64 if np.float64 in (np.asarray(a).dtype, np.asarray(b).dtype) else np.float32
-    if "torch" not in sys.modules:
-        return np.matmul(np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype).T)
+    else float32: by torch when the process has imported it and the product is larger than
+    ``_SMALL`` multiply-adds, else by numpy (the same values up to float rounding)."""
+    a, b = np.asarray(a), np.asarray(b)
+    dtype = np.float64 if np.float64 in (a.dtype, b.dtype) else np.float32
+    if "torch" not in sys.modules or a.shape[0] * b.shape[0] * a.shape[1] <= _SMALL:
+        return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False).T)
     import torch
 
     x = _tensor(np.ascontiguousarray(a, dtype=dtype))
