@@ -6,15 +6,18 @@ keep spinning for a while after each call. On a machine with as many cores as th
 one-user request with two threads went from 9.6 to 16 ms at p50 (and 80 ms at p90) when the
 exact item search and the interest similarity used numpy products, and its p99 from 11.6 to
 17.7 ms with the factor channels' and the fusion layer's products in numpy too. Products
-that serve requests go here; torch only reads the arrays. In a process that has not imported
-torch (a retrieval channel used alone) there is no second pool, and numpy computes them.
+that serve requests go here, and the large ones run in torch, which only reads the arrays.
+In a process that has not imported torch (a retrieval channel used alone) there is no second
+pool, and numpy computes them all.
 
-Small products go to numpy all the same. Between two requests the caches are cold, and then
+Small products go to numpy. Between two requests the caches are cold, and then
 torch's dispatch costs more than such a product: a ``[1, 4] @ [4, 16]`` took 98 µs by torch
-and 17 µs by numpy after a 48 MB sweep (11 and 1.5 µs warm). OpenBLAS runs most products of this
-size on the calling thread (not all: it split ``[1, 64] @ [64, 1682]`` over two threads). With the products of at most 2^18 multiply-adds in numpy, a one-user request
-took 12% less time at p50 and 20% less at p99 (medians over eight rounds of 300 users,
-alternating with all products in torch, two threads each).
+and 17 µs by numpy after a 48 MB sweep (11 and 1.5 µs warm). OpenBLAS runs them on the
+calling thread: measured with two threads, every product up to 430,000 multiply-adds kept
+one thread busy, and products from 512,000 up used both. With products of at most 2^18
+multiply-adds in numpy, a one-user request took 12% less time at p50 and 20% less at p99
+(medians over eight rounds of 300 users, alternating with all products in torch); with
+2^20, which moves the exact item search (646,000) to OpenBLAS's threads, twice as long.
 """
 
 from __future__ import annotations
