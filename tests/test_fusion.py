@@ -297,6 +297,10 @@ def test_feature_builder_known_answer():
     conf, arrays = fb.get_state()
     fb2 = FeatureBuilder.from_state(json.loads(json.dumps(conf)), arrays)
     np.testing.assert_array_equal(fb2.transform(inp).x, fm.x)
+    # ranks are 0-based places: a negative one is refused, naming its source
+    bad = Candidates(cand.users, cand.offsets, cand.items, scores, np.where(ranks == 3, -1, ranks), ("s",))
+    with pytest.raises(DataError, match="ranks of source 's' must be >= 0"):
+        fb.transform(FusionInput(bad, inp.signals, inp.item_signals, inp.user_signals))
 
 
 def test_input_validation():

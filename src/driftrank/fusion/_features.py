@@ -194,14 +194,16 @@ class FeatureBuilder:
         cols: list[np.ndarray] = []
         src_pos = {s: i for i, s in enumerate(c.sources)}
         items = c.items[rows]
+        ranks = c.ranks[rows]
+        negative = ranks < 0  # NaN compares False
+        if negative.any():
+            s = c.sources[int(np.flatnonzero(negative.any(axis=0))[0])]
+            raise DataError(f"ranks of source {s!r} must be >= 0 (0-based) or NaN")
         for s in self.layout_["sources"]:
             j = src_pos[s]
             if cfg.source_scores:
                 cols.append(c.scores[rows, j].astype(np.float64))
-            r = c.ranks[rows, j].astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                if np.any(r < 0):
-                    raise DataError(f"ranks of source {s!r} must be >= 0 (0-based) or NaN")
+            r = ranks[:, j].astype(np.float64)
             cols.append(-np.log1p(r) if cfg.rank_transform == "log" else 1.0 / (1.0 + r))
         for s in self.layout_["signals"]:
             v = inputs.signals[s][rows].astype(np.float64)
