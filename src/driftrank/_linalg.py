@@ -15,7 +15,7 @@ torch's dispatch costs more than such a product: a ``[1, 4] @ [4, 16]`` took 98 
 and 17 µs by numpy after a 48 MB sweep (11 and 1.5 µs warm). OpenBLAS runs them on the
 calling thread: measured with two threads, every product up to 430,000 multiply-adds kept
 one thread busy, and products from 512,000 up used both. With products of at most 2^18
-multiply-adds in numpy, a one-user request took 12% less time at p50 and 20% less at p99
+multiply-adds in numpy, a one-user request took 12% less time at p50 and 21% less at p99
 (medians over eight rounds of 300 users, alternating with all products in torch); with
 2^20, which moves the exact item search (646,000) to OpenBLAS's threads, twice as long.
 """
