@@ -280,8 +280,12 @@ class FeatureBuilder:
         clip = self.config.clip
         z = (values - self.center_[start:stop, None]) / self.scale_[start:stop, None]
         np.clip(z, -clip, clip, out=z)
-        z = np.where(miss, self.fill_[start:stop, None], z)
-        out = np.where(is_miss[:, None], miss[src], z[src]).astype(np.float32)
+        np.copyto(z, np.broadcast_to(self.fill_[start:stop, None], z.shape), where=miss)
+        # Each output feature is a value (z) or a missing indicator of one raw column, written
+        # straight into float32 (no float64 [F, n] intermediate).
+        out = np.empty((len(src), n), dtype=np.float32)
+        out[~is_miss] = z[src[~is_miss]]
+        out[is_miss] = miss[src[is_miss]]
         return np.ascontiguousarray(out.T)
 
     def transform(self, inputs: FusionInput, rows: np.ndarray | None = None) -> FeatureMatrix:
