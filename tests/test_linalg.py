@@ -46,7 +46,8 @@ def test_numpy_computes_them_in_a_process_without_torch() -> None:
     code = (
         "import sys, numpy as np\n"
         "from driftrank._linalg import _SMALL, matmul_t\n"
-        "a = np.arange(6, dtype=np.float32).reshape(2, 3)\n"
+        "a = np.arange(6000, dtype=np.float32).reshape(100, 60) / 6000\n"
+        "assert 100 * 100 * 60 > _SMALL  # a product torch would compute, were it imported\n"
         "out = matmul_t(a, a)\n"
         "assert 'torch' not in sys.modules\n"
         "assert out.dtype == np.float32 and np.array_equal(out, a @ a.T)\n"

@@ -150,8 +150,8 @@ def padded_rows(offsets: np.ndarray, values: np.ndarray, fill: float = np.inf) -
 def top_order(keys: np.ndarray, kk: int) -> np.ndarray:
     """``int[n, kk]``: per row, the columns of the ``kk`` smallest ``keys`` (``float[n, m]``, no
     NaN), ascending, ties by column: the first ``kk`` of a stable argsort, without sorting all.
-    Keys of ``+inf`` mark absent entries (both callers drop them): they come last, but in
-    several rows their columns need not be in order.
+    Keys of ``+inf`` mark absent entries (both callers drop them): they come last, their
+    columns in no guaranteed order.
 
     Per row, every key below the ``kk``-th smallest is taken, then as many of the keys equal to
     it as fit, lowest columns first (as the stable sort would order them); only those ``kk`` are
