@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from driftrank import types as types_module
 from driftrank.data import Dataset, make_drifting
 from driftrank.engine import EncoderConfig, Engine, EngineConfig
-from driftrank.errors import DataError, UnknownIdError
+from driftrank.errors import ConfigError, DataError, UnknownIdError
 from driftrank.fusion import FusionConfig
 from driftrank.rerank._interest import InterestConfig, InterestModel
 from driftrank.rerank._model import SequenceReranker, SequenceRerankerConfig
@@ -410,6 +410,41 @@ def test_observe_and_prepare_encode_histories_ahead_of_requests(saved_engine: tu
         eager.prepare(["no such user"])
     with pytest.raises(DataError, match="sequence of user ids"):
         eager.prepare("u1")  # type: ignore[arg-type]
+
+
+def test_memo_capacity_bounds_the_memo_and_leaves_rankings_alone(saved_engine: tuple[Path, Dataset]) -> None:
+    path, data = saved_engine
+    users = list(data.user_ids.ids[:10])
+    full, small, none = Engine.load(path), Engine.load(path), Engine.load(path)
+    assert full.memo_entries == 200_000
+    small.memo_entries = 4
+    none.memo_entries = 0
+    expected = [full.rank(u, k=10) for u in users]
+
+    def memo_size(engine: Engine) -> int:
+        memo = engine._reranker._memo  # type: ignore[union-attr]
+        return 0 if memo is None else len(memo[1])
+
+    assert memo_size(full) == 2 * len(users)  # a state and a query side per user
+    for engine in (small, none):
+        for _ in range(2):  # the second pass reads what the first left, or recomputes it
+            _same([engine.rank(u, k=10) for u in users], expected)
+        _same(engine.rank_batch(users, k=10), full.rank_batch(users, k=10))
+    assert memo_size(small) == 4 and memo_size(none) == 0
+    none.prepare()  # nothing to keep
+    assert memo_size(none) == 0
+    full.memo_entries = 3  # shrinking drops the oldest entries now
+    assert memo_size(full) == 3 and full.memo_entries == 3
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ConfigError, match="memo_entries must be a non-negative integer"):
+            full.memo_entries = bad  # type: ignore[assignment]
+    assert full.memo_entries == 3
+    # an engine without the re-ranker memoises nothing and says so when asked to
+    data_small = make_drifting(n_users=20, n_items=30, n_topics=2, events_per_user=(6, 8), seed=3)
+    plain = Engine(dataclasses.replace(small_config(), reranker=None)).fit(data_small)
+    assert plain.memo_entries == 0
+    with pytest.raises(ConfigError, match="no re-ranker"):
+        plain.memo_entries = 10
 
 
 def test_merger_channel_lists_equal_each_channels_candidates(saved_engine: tuple[Path, Dataset]) -> None:

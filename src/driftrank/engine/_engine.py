@@ -1071,6 +1071,23 @@ class Engine:
         """What ``fit`` measured: seconds per stage, held-out candidate recall, fusion report."""
         return dict(self._require().fit_report)
 
+    @property
+    def memo_entries(self) -> int:
+        """How many entries the serving memo keeps (the re-ranker's encoded history windows
+        and a one-user request's query side, two per active user, about 0.5 kB of tensors
+        each): 200,000 by default, the oldest dropped first. Set it to bound the memory of a
+        server with many users, or to 0 to memoise nothing (every request then encodes its
+        user's history). A serving setting: not saved with the model, and a loaded engine
+        starts with the default. Rankings do not change."""
+        return self._reranker.memo_entries if self._reranker is not None else 0
+
+    @memo_entries.setter
+    def memo_entries(self, n: int) -> None:
+        if self._reranker is None:
+            raise ConfigError("this engine has no re-ranker, so nothing to memoise")
+        with self._lock.write():
+            self._reranker.memo_entries = n
+
     def clear_caches(self) -> None:
         """Forget what serving memoises per request: the re-ranker's encoded user histories,
         computed once per history and reused until the user's next event. The next requests

@@ -246,6 +246,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         # (item tables, {window key: transformer state at its latest event}); see _state_memo.
         self._memo: tuple[Any, dict[bytes, Any]] | None = None
         self._memo_lock = threading.Lock()
+        self._memo_entries = _STATE_MEMO_ENTRIES
 
     # ------------------------------------------------------------------ properties
     @property
@@ -665,10 +666,11 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         history only after new events. The memo belongs to one ``tables`` object of
         :meth:`_item_tables`, so anything that changes the weights or the catalog starts a new
         one. It also holds the query side of windows at request times (``_forward_rows``), under
-        longer keys; at most ``_STATE_MEMO_ENTRIES`` entries in all (oldest dropped first).
+        longer keys; at most :attr:`memo_entries` entries in all (oldest dropped first), and
+        none with a capacity of 0.
         """
         hit = self._tables_cache
-        if net is not self.net_ or hit is None or hit[3] is not tables:
+        if net is not self.net_ or hit is None or hit[3] is not tables or self._memo_entries == 0:
             return None
         memo = self._memo
         if memo is None or memo[0] is not tables:
@@ -747,14 +749,33 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         return torch.stack(found)  # type: ignore[arg-type]
 
     def _memo_put(self, memo: dict[bytes, Any], entries: list[tuple[bytes, Any]]) -> None:
-        """Add entries to the serving memo, dropping the oldest past ``_STATE_MEMO_ENTRIES``."""
+        """Add entries to the serving memo, dropping the oldest past :attr:`memo_entries`."""
         with self._memo_lock:
             for k, v in entries:
                 memo[k] = v
-            excess = len(memo) - _STATE_MEMO_ENTRIES
-            if excess > 0:
-                for k in list(itertools.islice(iter(memo), excess)):
-                    memo.pop(k, None)
+            self._memo_trim(memo)
+
+    def _memo_trim(self, memo: dict[bytes, Any]) -> None:
+        """Drop the oldest entries past :attr:`memo_entries` (call under ``_memo_lock``)."""
+        excess = len(memo) - self._memo_entries
+        if excess > 0:
+            for k in list(itertools.islice(iter(memo), excess)):
+                memo.pop(k, None)
+
+    @property
+    def memo_entries(self) -> int:
+        """Capacity of the serving memo (see :meth:`_state_memo`), 200,000 entries by default;
+        0 keeps nothing, so every request encodes its history. Not saved with the model."""
+        return self._memo_entries
+
+    @memo_entries.setter
+    def memo_entries(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            raise ConfigError(f"memo_entries must be a non-negative integer, got {n!r}")
+        with self._memo_lock:
+            self._memo_entries = int(n)
+            if self._memo is not None:
+                self._memo_trim(self._memo[1])
 
     def _forward_rows(
         self,
