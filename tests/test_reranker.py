@@ -602,8 +602,6 @@ def test_served_candidate_scores_equal_the_training_path(heads: int) -> None:
 def test_served_states_are_memoised_per_history_window(
     fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import driftrank.rerank._model as model_module
-
     model = SequenceReranker.from_state(*fitted.get_state())
     net = model.net_
     assert net is not None
@@ -646,7 +644,7 @@ def test_served_states_are_memoised_per_history_window(
     fresh = SequenceReranker.from_state(*model.get_state()).score(np.array([0]), [np.arange(10)])
     np.testing.assert_array_equal(single, fresh)
     # The memo is bounded: the oldest windows go first.
-    monkeypatch.setattr(model_module, "_STATE_MEMO_ENTRIES", 3)
+    model.memo_entries = 3
     model.score(np.arange(8, dtype=np.int64), [np.arange(5)] * 8)
     assert len(model._memo[1]) == 3
 
