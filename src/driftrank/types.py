@@ -190,16 +190,22 @@ def top_order(keys: np.ndarray, kk: int) -> np.ndarray:
 # Sparse helpers for the serving path. Building a scipy matrix (validation, index dtype checks)
 # or indexing one costs 0.03-0.15 ms per call: more than the arithmetic of a one-user request,
 # which touches such matrices a dozen times. These work on the CSR index arrays with numpy.
-def _row_gather(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(take, out_indptr)``: positions of the entries of ``rows`` (in row order, each row's
-    entries in stored order) and the indptr of those rows; rows past the end are empty."""
+def _row_spans(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)``: where each of ``rows`` begins in a CSR's entries and how many it
+    has (rows past the end: 0 entries)."""
     ptr = np.asarray(indptr, dtype=np.int64)
     r = np.asarray(rows, dtype=np.int64).reshape(-1)
     inside = r < len(ptr) - 1
     safe = np.where(inside, r, 0)
     starts = ptr[safe]
-    lengths = np.where(inside, ptr[np.minimum(safe + 1, len(ptr) - 1)] - starts, 0)
-    out_ptr = np.zeros(len(r) + 1, dtype=np.int64)
+    return starts, np.where(inside, ptr[np.minimum(safe + 1, len(ptr) - 1)] - starts, 0)
+
+
+def _row_gather(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(take, out_indptr)``: positions of the entries of ``rows`` (in row order, each row's
+    entries in stored order) and the indptr of those rows; rows past the end are empty."""
+    starts, lengths = _row_spans(indptr, rows)
+    out_ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out_ptr[1:])
     take = np.repeat(starts - out_ptr[:-1], lengths) + np.arange(out_ptr[-1], dtype=np.int64)
     return take, out_ptr

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from driftrank.types import Ranking, _row_gather, csr_coordinates
+from driftrank.types import Ranking, _row_gather, _row_spans, csr_coordinates
 
 SECONDS_PER_DAY = 86400.0
 STATE_VERSION = 1
@@ -212,10 +212,8 @@ class EventLog:
         """``(stop, lengths)``: where each of ``users: int64[b]``'s events end in the CSR
         arrays and how many there are (0 for users past them; the users ``add`` moved to
         ``extra`` are the callers' to handle)."""
-        inside = users < len(self.indptr) - 1
-        safe = np.where(inside, users, 0)
-        stop = self.indptr[np.minimum(safe + 1, len(self.indptr) - 1)]
-        return stop, np.where(inside, stop - self.indptr[safe], 0)
+        starts, lengths = _row_spans(self.indptr, users)
+        return starts + lengths, lengths
 
     def recent(self, users: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(items int64[b, width], lengths int64[b])``: the ``width`` latest items of each of
