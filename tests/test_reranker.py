@@ -201,6 +201,48 @@ def test_state_roundtrip_gives_identical_scores(fitted: SequenceReranker, small_
         SequenceReranker.from_state({**config, "format": "other/1"}, arrays)
 
 
+def test_state_carries_every_users_encoded_history(
+    fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saved state holds the transformer state of each stored user's latest window, so a
+    rebuilt model scores its users without encoding them, bit for bit as the saved one; files
+    without those arrays still load, and malformed ones are refused."""
+    config, arrays = fitted.get_state()
+    n_stored = int((small_drifting.sequences.lengths() > 0).sum())
+    assert arrays["serving.keys"].shape == (n_stored, 16)
+    assert arrays["serving.states"].shape == (n_stored, fitted.config.dim)
+    back = SequenceReranker.from_state(config, arrays)
+    assert back._memo is not None and len(back._memo[1]) == n_stored
+    net = back.net_
+    assert net is not None
+
+    def no_encoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stored user's history was encoded again")
+
+    monkeypatch.setattr(net, "encode", no_encoding)
+    users = np.arange(60, dtype=np.int64)
+    cands = some_candidates(small_drifting, users)
+    np.testing.assert_array_equal(back.score(users, cands), fitted.score(users, cands))
+    one = [cands.items[:5]]  # a one-user request reads the same state
+    np.testing.assert_array_equal(back.score(users[:1], one), fitted.score(users[:1], one))
+    monkeypatch.undo()
+    # An older file without the arrays: the same scores, encoded on request.
+    old = {k: v for k, v in arrays.items() if not k.startswith("serving.")}
+    plain = SequenceReranker.from_state(config, old)
+    assert plain._memo is None
+    np.testing.assert_allclose(plain.score(users, cands), fitted.score(users, cands), rtol=1e-5, atol=1e-6)
+    for key, value in (
+        ("serving.states", arrays["serving.states"][:-1]),
+        ("serving.states", arrays["serving.states"].astype(np.float64)),
+        ("serving.keys", arrays["serving.keys"][:, :8]),
+        ("serving.states", np.full_like(arrays["serving.states"], np.nan)),
+    ):
+        with pytest.raises(ModelFileError, match="serving"):
+            SequenceReranker.from_state(config, {**arrays, key: value})
+    with pytest.raises(ModelFileError, match="serving"):
+        SequenceReranker.from_state(config, {k: v for k, v in arrays.items() if k != "serving.states"})
+
+
 @pytest.mark.parametrize("average", [1, 3])
 def test_early_stopping_reports_and_restores_best(small_drifting: Dataset, average: int) -> None:
     cfg = SequenceRerankerConfig(
@@ -603,6 +645,7 @@ def test_served_states_are_memoised_per_history_window(
     fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = SequenceReranker.from_state(*fitted.get_state())
+    model.clear_memo()  # from_state restores every stored window; start with none
     net = model.net_
     assert net is not None
     encoded: list[int] = []

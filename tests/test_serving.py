@@ -386,12 +386,17 @@ def test_observe_and_prepare_encode_histories_ahead_of_requests(saved_engine: tu
     lazy, eager = Engine.load(path), Engine.load(path)
     lazy.config = dataclasses.replace(lazy.config, encode_on_observe=False)
     lazy_calls, eager_calls = counting(lazy), counting(eager)
-    eager.prepare(users)  # a loaded engine starts with nothing memoised
+    loaded = [eager.rank(u, k=10) for u in users]  # the model file holds the encoded histories
+    assert eager_calls[0] == 0
+    lazy.clear_caches()
+    eager.clear_caches()  # from here on nothing is memoised
+    eager.prepare(users)
     assert eager_calls[0] == len(users)
     expected = [lazy.rank(u, k=10) for u in users]  # the lazy engine encodes on request
     assert lazy_calls[0] == len(users)
     got = [eager.rank(u, k=10) for u in users]
     assert eager_calls[0] == len(users)  # nothing more
+    _same(loaded, got)
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_array_equal(a.item_ids, b.item_ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
@@ -417,6 +422,7 @@ def test_memo_capacity_bounds_the_memo_and_leaves_rankings_alone(saved_engine: t
     users = list(data.user_ids.ids[:10])
     full, small, none = Engine.load(path), Engine.load(path), Engine.load(path)
     assert full.memo_entries == 200_000
+    full.clear_caches()  # loaded with every stored user's state; count from none
     small.memo_entries = 4
     none.memo_entries = 0
     expected = [full.rank(u, k=10) for u in users]

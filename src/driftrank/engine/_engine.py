@@ -1078,7 +1078,8 @@ class Engine:
         each): 200,000 by default, the oldest dropped first. Set it to bound the memory of a
         server with many users, or to 0 to memoise nothing (every request then encodes its
         user's history). A serving setting: not saved with the model, and a loaded engine
-        starts with the default. Rankings do not change."""
+        starts with the default (the states that ``load`` restores count against it, the
+        users with the oldest latest events dropped first). Rankings do not change."""
         return self._reranker.memo_entries if self._reranker is not None else 0
 
     @memo_entries.setter
@@ -1090,16 +1091,19 @@ class Engine:
 
     def clear_caches(self) -> None:
         """Forget what serving memoises per request: the re-ranker's encoded user histories,
-        computed once per history and reused until the user's next event. The next requests
-        recompute them (as a user's first request after ``load`` does). Rankings do not change."""
+        computed once per history and reused until the user's next event (``fit``,
+        ``observe`` and ``load`` provide them for every stored user). The next requests
+        recompute them, or :meth:`prepare` does. Rankings do not change."""
         if self._reranker is not None:
             self._reranker.clear_memo()
 
     def prepare(self, users: Sequence[object] | None = None) -> None:
         """Encode the latest histories of ``users`` (raw ids; default every user) for the
-        re-ranker now, in batches, so that their next requests skip it: for a server right after
-        :meth:`load`, which starts with nothing memoised. ``fit`` and ``observe`` already do this
-        for the users they touch (``EngineConfig.encode_on_observe``). Rankings do not change."""
+        re-ranker now, in batches, so that their next requests skip it: after
+        :meth:`clear_caches`, or after ``observe`` with ``EngineConfig.encode_on_observe`` off.
+        ``fit`` and ``observe`` already do this for the users they touch, and :meth:`load`
+        restores it for every user from the model file (saved by :meth:`save`); users already
+        encoded are skipped. Rankings do not change."""
         with self._lock.read():
             st = self._require()
             if users is None:
@@ -1150,7 +1154,10 @@ class Engine:
 
     # ================================================================== persistence
     def save(self, path: str | Path) -> Path:
-        """Save to folder ``path`` atomically (JSON manifest + ``.npz`` arrays, no pickle)."""
+        """Save to folder ``path`` atomically (JSON manifest + ``.npz`` arrays, no pickle).
+
+        The re-ranker's part holds every stored user's encoded latest history (64 floats per
+        user by default), so that :meth:`load` serves them without encoding them again."""
         from driftrank.engine._persist import save_bundle
         from driftrank.engine._state import engine_components
 
@@ -1159,7 +1166,9 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, *, llm: Any = None) -> Engine:
-        """Load a folder written by :meth:`save`, verifying checksums and versions.
+        """Load a folder written by :meth:`save`, verifying checksums and versions. The loaded
+        engine ranks exactly as the saved one, with every user's encoded history in place
+        (folders saved before these were stored load too; their users are encoded on request).
 
         An engine with an LLM stage reloads its base model from ``config.llm.reranker.model``
         (then the saved adapter and projection on top); ``llm`` gives a re-ranker around a

@@ -553,12 +553,13 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(config, arrays)``: JSON-able settings and the weights plus stored histories.
 
-        Arrays are ``net.<name>`` (the torch state dict) and ``history.indptr|items|timestamps``.
-        :meth:`from_state` rebuilds a model that gives identical scores.
+        Arrays are ``net.<name>`` (the torch state dict), ``history.indptr|items|timestamps``
+        and ``serving.keys|states`` (see :meth:`_serving_arrays`). :meth:`from_state` rebuilds
+        a model that gives identical scores and starts with every stored history encoded.
         """
         from driftrank.rerank._train import net_arrays
 
-        arrays = net_arrays(self._net()) | self._histories().to_arrays()
+        arrays = net_arrays(self._net()) | self._histories().to_arrays() | self._serving_arrays()
         config = {
             "format": FORMAT,
             "config": self.config.to_dict(),
@@ -584,6 +585,8 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         net.eval()
         model = cls(cfg)
         model._restore(net, histories, config.get("fit_report"))
+        if "serving.keys" in arrays or "serving.states" in arrays:  # absent from older files
+            model._seed_memo(arrays.get("serving.keys"), arrays.get("serving.states"))
         return model
 
     # ------------------------------------------------------------------ internals
@@ -677,6 +680,77 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             memo = (tables, {})
             self._memo = memo
         return memo[1]
+
+    def _serving_arrays(self) -> dict[str, np.ndarray]:
+        """``serving.keys: uint8[m, 16]`` and ``serving.states: float32[m, d]``, the window key
+        (:func:`_window_keys`) and transformer state of every stored user's latest history
+        window, for the model file: a loaded model then serves its users without encoding their
+        histories again, as a factor model keeps its user factors. States come from the memo
+        where it has them (so a loaded model scores bit for bit as this one does) and are
+        encoded here otherwise; rows go oldest latest event first, the order in which the memo
+        drops entries when it is full."""
+        import torch
+
+        net = self._net()
+        histories = self._histories()
+        users = np.flatnonzero(histories.lengths() > 0)
+        keys = np.zeros((len(users), 16), dtype=np.uint8)
+        states = np.zeros((len(users), net.dim), dtype=np.float32)
+        last = np.zeros(len(users), dtype=np.float64)
+        with torch.inference_mode():
+            tables = self._item_tables(net)
+            memo = self._state_memo(net, tables) or {}
+            for lo in range(0, len(users), _PREPARE_ROWS):
+                rows = slice(lo, lo + _PREPARE_ROWS)
+                w = histories.windows(users[rows], None, self.config.max_len)
+                window_keys = _window_keys(w.items, w.times)
+                found = [memo.get(k) for k in window_keys]
+                miss = np.array([j for j, v in enumerate(found) if v is None], dtype=np.int64)
+                if len(miss):
+                    it = torch.from_numpy(w.items[miss])
+                    fresh = self._latest_states(
+                        net, tables[0], w.items[miss], w.times[miss], w.lengths[miss], it, it >= 0, None
+                    )
+                    for j, r in enumerate(miss.tolist()):
+                        found[r] = fresh[j]
+                keys[rows] = np.frombuffer(b"".join(window_keys), dtype=np.uint8).reshape(-1, 16)
+                states[rows] = torch.stack(found).numpy()  # type: ignore[arg-type]
+                last[rows] = w.times[:, -1]
+        order = np.argsort(last, kind="stable")
+        return {"serving.keys": keys[order], "serving.states": states[order]}
+
+    def _seed_memo(self, keys: np.ndarray | None, states: np.ndarray | None) -> None:
+        """Fill the serving memo with :meth:`_serving_arrays` read back from a model file
+        (:class:`ModelFileError` when they do not fit the model)."""
+        import torch
+
+        dim = self._net().dim
+        if not (
+            isinstance(keys, np.ndarray)
+            and isinstance(states, np.ndarray)
+            and keys.dtype == np.uint8
+            and keys.ndim == 2
+            and keys.shape[1] == 16
+            and states.dtype == np.float32
+            and states.shape == (len(keys), dim)
+        ):
+            raise ModelFileError(
+                "SequenceReranker serving arrays must be serving.keys uint8[m, 16] and serving.states "
+                f"float32[m, {dim}], got "
+                + ", ".join(
+                    f"{a.dtype}{list(a.shape)}" if isinstance(a, np.ndarray) else "nothing"
+                    for a in (keys, states)
+                )
+            )
+        if not np.isfinite(states).all():
+            raise ModelFileError("SequenceReranker serving states hold non-finite values")
+        net = self._net()
+        with torch.inference_mode():
+            memo = self._state_memo(net, self._item_tables(net))
+            if memo is None or not len(keys):
+                return
+            block = torch.from_numpy(states.copy())
+            self._memo_put(memo, [(keys[j].tobytes(), block[j]) for j in range(len(keys))])
 
     def clear_memo(self) -> None:
         """Forget the memoised transformer states of served history windows (see
