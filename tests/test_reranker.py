@@ -676,12 +676,23 @@ def test_served_states_are_memoised_per_history_window(
     before = sum(encoded)
     model.score(np.array([0]), [np.arange(10)])
     assert sum(encoded) == before + 1
-    # New items change the tables: a new memo.
-    memo = model._memo
+    # New items change the tables but not the old items' vectors: the memo moves with them,
+    # and the users are not encoded again; their scores are those of a fresh encoding.
+    assert model._memo is not None
+    entries = dict(model._memo[1])
+    old_tables = model._memo[0]
     model.extend_items(np.ones((1, model.net_.text.shape[1]), np.float32))
+    assert model._memo is not None and model._memo[0] is not old_tables and model._memo[1] == entries
+    before = sum(encoded)
+    carried = model.score(users, cands, later)
+    assert sum(encoded) == before
+    model.clear_memo()
+    np.testing.assert_allclose(carried, model.score(users, cands, later), rtol=1e-6, atol=1e-6)
+    assert sum(encoded) > before
+    model.clear_memo()
     model.score(np.array([0]), [np.arange(10)])
     # (a one-user request memoises its window's state and its query side at the request time)
-    assert model._memo is not memo and model._memo is not None and len(model._memo[1]) == 2
+    assert len(model._memo[1]) == 2
     single = model.score(np.array([0]), [np.arange(10)])
     assert len(model._memo[1]) == 2
     fresh = SequenceReranker.from_state(*model.get_state()).score(np.array([0]), [np.arange(10)])

@@ -417,6 +417,35 @@ def test_observe_and_prepare_encode_histories_ahead_of_requests(saved_engine: tu
         eager.prepare("u1")  # type: ignore[arg-type]
 
 
+def test_add_items_keeps_the_encoded_histories(saved_engine: tuple[Path, Dataset]) -> None:
+    """New items leave the old items' vectors alone, so ``add_items`` keeps every user's encoded
+    history: the next requests encode nothing and rank as an engine that encodes afresh."""
+    path, data = saved_engine
+    users = list(data.user_ids.ids[:6])
+    new_items = [
+        {"item_id": 20_000 + j, "title": f"new film {j}", "text": f"a heist in space {j}"} for j in range(3)
+    ]
+    kept, fresh = Engine.load(path), Engine.load(path)
+    net = kept._reranker.net_  # type: ignore[union-attr]
+    calls = [0]
+    encode = net.encode
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return encode(*args, **kwargs)
+
+    net.encode = counting  # type: ignore[method-assign]
+    kept.add_items(new_items)
+    got = [kept.rank(u, k=10) for u in users] + kept.rank_batch(users, k=10)
+    assert calls[0] == 0
+    fresh.clear_caches()
+    fresh.add_items(new_items)
+    expected = [fresh.rank(u, k=10) for u in users] + fresh.rank_batch(users, k=10)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
+
+
 def test_memo_capacity_bounds_the_memo_and_leaves_rankings_alone(saved_engine: tuple[Path, Dataset]) -> None:
     path, data = saved_engine
     users = list(data.user_ids.ids[:10])

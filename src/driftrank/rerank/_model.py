@@ -527,7 +527,9 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         """Add items with the given text vectors ``float[n_new, d_text]``; returns ``self``.
 
         The new items get indices ``n_items, n_items + 1, ...`` and are scored by their text
-        alone (no learned ID embedding) until the next ``fit``.
+        alone (no learned ID embedding) until the next ``fit``. The serving memo is kept: the
+        old items' vectors do not change, so neither do the encoded histories (which can only
+        hold old items until ``observe`` adds events with new ones, under new window keys).
         """
         import torch
 
@@ -547,7 +549,25 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             weight = torch.cat([net.item_id.weight, torch.zeros(extra, net.dim)])
             net.item_id = torch.nn.Embedding.from_pretrained(weight, freeze=False)
             net.item_bias = torch.nn.Parameter(torch.cat([net.item_bias, torch.zeros(extra)]))
+        self._carry_memo(net)
         return self
+
+    def _carry_memo(self, net: RerankerNet) -> None:
+        """Move the serving memo to the item tables of ``net`` after :meth:`extend_items`.
+
+        Its entries depend only on the rows of the items in their windows, and extending the
+        catalog leaves those rows as they were (tested bit for bit: the rows of a matrix product
+        do not depend on how many rows are computed), so requests keep reading them instead of
+        encoding every user again after each ``add_items``."""
+        import torch
+
+        old = self._memo
+        if old is None:
+            return
+        with torch.inference_mode():
+            tables = self._item_tables(net)
+        with self._memo_lock:
+            self._memo = (tables, old[1]) if tables is not old[0] else old
 
     # ------------------------------------------------------------------ persistence
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -667,8 +687,8 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         between them) and the weights, not on the request time, so serving computes it once per
         window, like the user factors of a factor model: a user's requests re-encode their
         history only after new events. The memo belongs to one ``tables`` object of
-        :meth:`_item_tables`, so anything that changes the weights or the catalog starts a new
-        one. It also holds the query side of windows at request times (``_forward_rows``), under
+        :meth:`_item_tables`, so anything that changes the weights starts a new one
+        (:meth:`extend_items` moves it to the grown catalog's tables). It also holds the query side of windows at request times (``_forward_rows``), under
         longer keys; at most :attr:`memo_entries` entries in all (oldest dropped first), and
         none with a capacity of 0.
         """
