@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
+import driftrank.rerank._model as model_module
 from driftrank.data import Dataset, make_drifting
 from driftrank.errors import ConfigError, DataError, ModelFileError, NotFittedError
 from driftrank.eval import Targets, evaluate, leave_one_out
@@ -225,6 +226,12 @@ def test_state_carries_every_users_encoded_history(
     np.testing.assert_array_equal(back.score(users, cands), fitted.score(users, cands))
     one = [cands.items[:5]]  # a one-user request reads the same state
     np.testing.assert_array_equal(back.score(users[:1], one), fitted.score(users[:1], one))
+    monkeypatch.undo()
+    # Past the memo's capacity, the users with the newest latest events are kept.
+    monkeypatch.setattr(model_module, "_STATE_MEMO_ENTRIES", 3)
+    few = SequenceReranker.from_state(config, arrays)
+    assert few._memo is not None
+    assert list(few._memo[1]) == [k.tobytes() for k in arrays["serving.keys"][-3:]]
     monkeypatch.undo()
     # An older file without the arrays: the same scores, encoded on request.
     old = {k: v for k, v in arrays.items() if not k.startswith("serving.")}

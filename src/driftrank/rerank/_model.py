@@ -769,8 +769,10 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             memo = self._state_memo(net, self._item_tables(net))
             if memo is None or not len(keys):
                 return
-            block = torch.from_numpy(states.copy())
-            self._memo_put(memo, [(keys[j].tobytes(), block[j]) for j in range(len(keys))])
+            # Rows go oldest latest event first: past the capacity, keep the newest.
+            first = max(0, len(keys) - self._memo_entries)
+            block = torch.from_numpy(states[first:].copy())
+            self._memo_put(memo, [(keys[first + j].tobytes(), block[j]) for j in range(len(block))])
 
     def clear_memo(self) -> None:
         """Forget the memoised transformer states of served history windows (see
