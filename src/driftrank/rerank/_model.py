@@ -688,9 +688,11 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         window, like the user factors of a factor model: a user's requests re-encode their
         history only after new events. The memo belongs to one ``tables`` object of
         :meth:`_item_tables`, so anything that changes the weights starts a new one
-        (:meth:`extend_items` moves it to the grown catalog's tables). It also holds the query side of windows at request times (``_forward_rows``), under
-        longer keys; at most :attr:`memo_entries` entries in all (oldest dropped first), and
-        none with a capacity of 0.
+        (:meth:`extend_items` moves it to the grown catalog's tables), and :meth:`get_state`
+        saves the states of the stored users' latest windows for :meth:`from_state` to put
+        back. It also holds the query side of windows at request times (``_forward_rows``),
+        under longer keys; at most :attr:`memo_entries` entries in all (oldest dropped first),
+        and none with a capacity of 0.
         """
         hit = self._tables_cache
         if net is not self.net_ or hit is None or hit[3] is not tables or self._memo_entries == 0:
