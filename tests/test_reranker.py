@@ -202,6 +202,24 @@ def test_state_roundtrip_gives_identical_scores(fitted: SequenceReranker, small_
         SequenceReranker.from_state({**config, "format": "other/1"}, arrays)
 
 
+def test_without_candidate_attention_the_model_fits_serves_and_round_trips(small_drifting: Dataset) -> None:
+    """``candidate_attention=False`` (the dot product and the decayed interests only) trains and
+    serves like the full model: batches equal one-user calls, and a saved model scores the same."""
+    cfg = SequenceRerankerConfig(**{**TINY, "candidate_attention": False, "max_epochs": 2})
+    model = SequenceReranker(cfg).fit(small_drifting, random_vectors(small_drifting))
+    users = np.arange(8, dtype=np.int64)
+    cands = some_candidates(small_drifting, users)
+    batch = model.score(users, cands)
+    assert np.isfinite(batch).all()
+    for j, u in enumerate(users.tolist()):
+        lo, hi = cands.offsets[j], cands.offsets[j + 1]
+        one = model.score(np.array([u]), [cands.items[lo:hi]])
+        np.testing.assert_allclose(one, batch[lo:hi], rtol=1e-5, atol=1e-5)
+    back = SequenceReranker.from_state(*model.get_state())
+    np.testing.assert_array_equal(back.score(users, cands), batch)
+    assert back.rank(users, 5, exclude=small_drifting.seen).items.shape == (8, 5)
+
+
 def test_state_carries_every_users_encoded_history(
     fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

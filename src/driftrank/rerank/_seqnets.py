@@ -401,7 +401,10 @@ class RerankerNet(nn.Module):
 
     def gap_bias(self, gap: Tensor, visible: Tensor) -> Tensor:
         """``[B, H, Q, L]``: each head's learned bias for the time from a history event to the
-        query, ``-inf`` where the query may not see the event."""
+        query, ``-inf`` where the query may not see the event (``H = 0`` without candidate
+        attention, which has no such bias)."""
+        if not self.candidate_attention:
+            return gap.new_zeros((gap.shape[0], 0, *gap.shape[1:]))
         gap_bias = self.att_gap[:, gap_buckets(gap, self.n_buckets)]  # [H, B, Q, L]
         return gap_bias.masked_fill(~visible[None], float("-inf")).transpose(0, 1)
 
