@@ -223,33 +223,50 @@ def test_without_candidate_attention_the_model_fits_serves_and_round_trips(small
 def test_state_carries_every_users_encoded_history(
     fitted: SequenceReranker, small_drifting: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The saved state holds the transformer state of each stored user's latest window, so a
-    rebuilt model scores its users without encoding them, bit for bit as the saved one; files
-    without those arrays still load, and malformed ones are refused."""
-    config, arrays = fitted.get_state()
+    """The saved state holds the transformer state of each stored user's latest window (and the
+    query side of a one-user request at the default time, where the memo has it), so a rebuilt
+    model scores its users without encoding them, bit for bit as the saved one; files without
+    those arrays still load, and malformed ones are refused."""
+    model = SequenceReranker.from_state(*fitted.get_state())
+    model.clear_memo()
+    users = np.arange(60, dtype=np.int64)
+    model.prepare(users[:5])  # the query side of these five at the default time
+    config, arrays = model.get_state()
     n_stored = int((small_drifting.sequences.lengths() > 0).sum())
     assert arrays["serving.keys"].shape == (n_stored, 16)
     assert arrays["serving.states"].shape == (n_stored, fitted.config.dim)
+    assert int(arrays["serving.has_query"].sum()) == 5 and arrays["serving.query_keys"].shape == (5, 24)
     back = SequenceReranker.from_state(config, arrays)
-    assert back._memo is not None and len(back._memo[1]) == n_stored
+    assert back._memo is not None and len(back._memo[1]) == n_stored + 5
     net = back.net_
     assert net is not None
 
-    def no_encoding(*args: object, **kwargs: object) -> None:
+    def not_again(*args: object, **kwargs: object) -> None:
         raise AssertionError("a stored user's history was encoded again")
 
-    monkeypatch.setattr(net, "encode", no_encoding)
-    users = np.arange(60, dtype=np.int64)
+    monkeypatch.setattr(net, "encode", not_again)
     cands = some_candidates(small_drifting, users)
     np.testing.assert_array_equal(back.score(users, cands), fitted.score(users, cands))
-    one = [cands.items[:5]]  # a one-user request reads the same state
-    np.testing.assert_array_equal(back.score(users[:1], one), fitted.score(users[:1], one))
+    monkeypatch.setattr(back, "_query", not_again)  # one-user requests of the five: nothing to compute
+    for u in users[:5].tolist():
+        one = [cands.items[:5]]
+        np.testing.assert_array_equal(back.score(np.array([u]), one), fitted.score(np.array([u]), one))
     monkeypatch.undo()
-    # Past the memo's capacity, the users with the newest latest events are kept.
+    # Past the memo's capacity, the users with the newest latest events are kept, each with
+    # its query side.
     monkeypatch.setattr(model_module, "_STATE_MEMO_ENTRIES", 3)
     few = SequenceReranker.from_state(config, arrays)
     assert few._memo is not None
-    assert list(few._memo[1]) == [k.tobytes() for k in arrays["serving.keys"][-3:]]
+    rows: list[list[bytes]] = []
+    q = iter(arrays["serving.query_keys"])
+    for key, has in zip(arrays["serving.keys"], arrays["serving.has_query"], strict=True):
+        rows.append([key.tobytes()] + ([next(q).tobytes()] if has else []))
+    expected: list[bytes] = []
+    for row in reversed(rows):
+        if len(expected) + len(row) > 3:
+            break
+        expected = row + expected
+    assert list(few._memo[1]) == expected
     monkeypatch.undo()
     # An older file without the arrays: the same scores, encoded on request.
     old = {k: v for k, v in arrays.items() if not k.startswith("serving.")}
@@ -266,6 +283,18 @@ def test_state_carries_every_users_encoded_history(
             SequenceReranker.from_state(config, {**arrays, key: value})
     with pytest.raises(ModelFileError, match="serving"):
         SequenceReranker.from_state(config, {k: v for k, v in arrays.items() if k != "serving.states"})
+    # States without query sides (the first version of these arrays) load as such.
+    states_only = {k: v for k, v in arrays.items() if not k.startswith(("serving.has_", "serving.query_"))}
+    assert len(SequenceReranker.from_state(config, states_only)._memo[1]) == n_stored  # type: ignore[index]
+    bad_keys = arrays["serving.query_keys"].copy()
+    bad_keys[0, 0] ^= 1  # a query entry that names another window
+    for key, value in (
+        ("serving.query_keys", bad_keys),
+        ("serving.query_bias", np.full_like(arrays["serving.query_bias"], np.inf)),
+        ("serving.has_query", np.zeros(n_stored, dtype=bool)),
+    ):
+        with pytest.raises(ModelFileError, match="serving"):
+            SequenceReranker.from_state(config, {**arrays, key: value})
 
 
 @pytest.mark.parametrize("average", [1, 3])

@@ -386,8 +386,20 @@ def test_observe_and_prepare_encode_histories_ahead_of_requests(saved_engine: tu
     lazy, eager = Engine.load(path), Engine.load(path)
     lazy.config = dataclasses.replace(lazy.config, encode_on_observe=False)
     lazy_calls, eager_calls = counting(lazy), counting(eager)
-    loaded = [eager.rank(u, k=10) for u in users]  # the model file holds the encoded histories
-    assert eager_calls[0] == 0
+    reranker = eager._reranker
+    assert reranker is not None
+    query = reranker._query
+    queried = [0]
+
+    def counting_query(*args: object, **kwargs: object) -> object:
+        queried[0] += 1
+        return query(*args, **kwargs)  # type: ignore[arg-type]
+
+    reranker._query = counting_query  # type: ignore[method-assign]
+    # The model file holds the encoded histories and the query sides that fit computed.
+    loaded = [eager.rank(u, k=10) for u in users]
+    assert eager_calls[0] == 0 and queried[0] == 0
+    del reranker._query
     lazy.clear_caches()
     eager.clear_caches()  # from here on nothing is memoised
     eager.prepare(users)

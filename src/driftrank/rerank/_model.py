@@ -12,6 +12,7 @@ import math
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -605,8 +606,8 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         net.eval()
         model = cls(cfg)
         model._restore(net, histories, config.get("fit_report"))
-        if "serving.keys" in arrays or "serving.states" in arrays:  # absent from older files
-            model._seed_memo(arrays.get("serving.keys"), arrays.get("serving.states"))
+        if any(k.startswith("serving.") for k in arrays):  # absent from older files
+            model._seed_memo(arrays)
         return model
 
     # ------------------------------------------------------------------ internals
@@ -704,13 +705,21 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         return memo[1]
 
     def _serving_arrays(self) -> dict[str, np.ndarray]:
-        """``serving.keys: uint8[m, 16]`` and ``serving.states: float32[m, d]``, the window key
-        (:func:`_window_keys`) and transformer state of every stored user's latest history
-        window, for the model file: a loaded model then serves its users without encoding their
-        histories again, as a factor model keeps its user factors. States come from the memo
-        where it has them (so a loaded model scores bit for bit as this one does) and are
-        encoded here otherwise; rows go oldest latest event first, the order in which the memo
-        drops entries when it is full."""
+        """What the memo holds for the stored users' latest history windows, for the model file,
+        so that a loaded model serves its users without encoding their histories again, as a
+        factor model keeps its user factors. One row per stored user, oldest latest event first
+        (the order in which the memo drops entries when it is full):
+
+        - ``serving.keys: uint8[m, 16]`` and ``serving.states: float32[m, d]``: the window key
+          (:func:`_window_keys`) and the transformer state at the latest event, from the memo
+          where it has them (so a loaded model scores bit for bit as this one does), encoded
+          here otherwise;
+        - ``serving.has_query: bool[m]`` and, for those rows, ``serving.query_keys:
+          uint8[q, 24]``, ``serving.query_vectors: float32[q, d]`` and ``serving.query_bias:
+          float32[q, H, L]``: the query side of a one-user request at the default time (right
+          after the latest event; see :meth:`_forward_rows`), where the memo has it (``fit``,
+          ``observe`` and :meth:`prepare` fill it).
+        """
         import torch
 
         net = self._net()
@@ -719,6 +728,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         keys = np.zeros((len(users), 16), dtype=np.uint8)
         states = np.zeros((len(users), net.dim), dtype=np.float32)
         last = np.zeros(len(users), dtype=np.float64)
+        queries: dict[int, tuple[bytes, Any]] = {}
         with torch.inference_mode():
             tables = self._item_tables(net)
             memo = self._state_memo(net, tables) or {}
@@ -738,43 +748,113 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
                 keys[rows] = np.frombuffer(b"".join(window_keys), dtype=np.uint8).reshape(-1, 16)
                 states[rows] = torch.stack(found).numpy()  # type: ignore[arg-type]
                 last[rows] = w.times[:, -1]
+                for j, k in enumerate(window_keys):
+                    qkey = k + w.times[j, -1].tobytes()
+                    hit = memo.get(qkey)
+                    if hit is not None:
+                        queries[lo + j] = (qkey, hit)
         order = np.argsort(last, kind="stable")
-        return {"serving.keys": keys[order], "serving.states": states[order]}
+        has_query = np.array([int(r) in queries for r in order], dtype=bool)
+        picked = [queries[int(r)] for r in order if int(r) in queries]
+        heads = net.attention_heads if net.candidate_attention else 0
+        return {
+            "serving.keys": keys[order],
+            "serving.states": states[order],
+            "serving.has_query": has_query,
+            "serving.query_keys": np.frombuffer(b"".join(k for k, _ in picked), dtype=np.uint8).reshape(
+                -1, 24
+            ),
+            "serving.query_vectors": np.stack([v[0].reshape(-1).numpy() for _, v in picked]).astype(
+                np.float32
+            )
+            if picked
+            else np.zeros((0, net.dim), dtype=np.float32),
+            "serving.query_bias": np.stack(
+                [v[1].reshape(heads, net.max_len).numpy() for _, v in picked]
+            ).astype(np.float32)
+            if picked
+            else np.zeros((0, heads, net.max_len), dtype=np.float32),
+        }
 
-    def _seed_memo(self, keys: np.ndarray | None, states: np.ndarray | None) -> None:
+    def _seed_memo(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Fill the serving memo with :meth:`_serving_arrays` read back from a model file
         (:class:`ModelFileError` when they do not fit the model)."""
         import torch
 
-        dim = self._net().dim
+        net = self._net()
+        dim, length = net.dim, net.max_len
+        heads = net.attention_heads if net.candidate_attention else 0
+        keys, states = arrays.get("serving.keys"), arrays.get("serving.states")
+        has_query = arrays.get("serving.has_query")
+        q_keys, q_vec, q_bias = (arrays.get(f"serving.query_{n}") for n in ("keys", "vectors", "bias"))
+        if isinstance(keys, np.ndarray) and all(a is None for a in (has_query, q_keys, q_vec, q_bias)):
+            # States without query sides (files of the first version of these arrays).
+            has_query = np.zeros(len(keys), dtype=bool)
+            q_keys = np.zeros((0, 24), dtype=np.uint8)
+            q_vec = np.zeros((0, dim), dtype=np.float32)
+            q_bias = np.zeros((0, heads, length), dtype=np.float32)
+
+        def fits(a: Any, dtype: Any, shape: tuple[int, ...]) -> bool:
+            return isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape
+
+        m = len(keys) if isinstance(keys, np.ndarray) else -1
+        q = (
+            int(has_query.sum())
+            if isinstance(has_query, np.ndarray) and fits(has_query, np.bool_, (m,))
+            else -1
+        )
         if not (
-            isinstance(keys, np.ndarray)
-            and isinstance(states, np.ndarray)
-            and keys.dtype == np.uint8
-            and keys.ndim == 2
-            and keys.shape[1] == 16
-            and states.dtype == np.float32
-            and states.shape == (len(keys), dim)
+            fits(keys, np.uint8, (m, 16))
+            and fits(states, np.float32, (m, dim))
+            and q >= 0
+            and fits(q_keys, np.uint8, (q, 24))
+            and fits(q_vec, np.float32, (q, dim))
+            and fits(q_bias, np.float32, (q, heads, length))
         ):
-            raise ModelFileError(
-                "SequenceReranker serving arrays must be serving.keys uint8[m, 16] and serving.states "
-                f"float32[m, {dim}], got "
-                + ", ".join(
-                    f"{a.dtype}{list(a.shape)}" if isinstance(a, np.ndarray) else "nothing"
-                    for a in (keys, states)
+            shapes = ", ".join(
+                f"{name} " + (f"{a.dtype}{list(a.shape)}" if isinstance(a, np.ndarray) else "missing")
+                for name, a in (
+                    ("keys", keys),
+                    ("states", states),
+                    ("has_query", has_query),
+                    ("query_keys", q_keys),
+                    ("query_vectors", q_vec),
+                    ("query_bias", q_bias),
                 )
             )
-        if not np.isfinite(states).all():
-            raise ModelFileError("SequenceReranker serving states hold non-finite values")
-        net = self._net()
+            raise ModelFileError(
+                f"SequenceReranker serving arrays must be keys uint8[m, 16], states float32[m, {dim}], "
+                f"has_query bool[m] and, for its q rows, query_keys uint8[q, 24], query_vectors "
+                f"float32[q, {dim}] and query_bias float32[q, {heads}, {length}]; got {shapes}"
+            )
+        assert keys is not None and states is not None and has_query is not None
+        assert q_keys is not None and q_vec is not None and q_bias is not None
+        # The query bias is -inf where a query may not see an event; nothing else may be infinite.
+        if (
+            not (np.isfinite(states).all() and np.isfinite(q_vec).all())
+            or (np.isnan(q_bias) | (q_bias == np.inf)).any()
+        ):
+            raise ModelFileError("SequenceReranker serving arrays hold NaN or infinite values")
+        if not np.array_equal(q_keys[:, :16], keys[has_query]):
+            raise ModelFileError("SequenceReranker serving query entries do not match their windows")
         with torch.inference_mode():
             memo = self._state_memo(net, self._item_tables(net))
-            if memo is None or not len(keys):
+            if memo is None or not m:
                 return
             # Rows go oldest latest event first: past the capacity, keep the newest.
-            first = max(0, len(keys) - self._memo_entries)
-            block = torch.from_numpy(states[first:].copy())
-            self._memo_put(memo, [(keys[first + j].tobytes(), block[j]) for j in range(len(block))])
+            per_row = 1 + has_query.astype(np.int64)
+            kept = int((np.cumsum(per_row[::-1]) <= self._memo_entries).sum())
+            state_t = torch.from_numpy(states[m - kept :].copy())
+            qrow = np.cumsum(has_query) - 1  # row -> its query entry
+            vec_t, bias_t = torch.from_numpy(q_vec.copy()), torch.from_numpy(q_bias.copy())
+            entries: list[tuple[bytes, Any]] = []
+            for j in range(m - kept, m):
+                entries.append((keys[j].tobytes(), state_t[j - (m - kept)]))
+                if has_query[j]:
+                    i = qrow[j]
+                    u, bias = vec_t[i].view(1, 1, dim), bias_t[i].view(1, heads, 1, length)
+                    entries.append((q_keys[i].tobytes(), (u, bias)))
+            self._memo_put(memo, entries)
 
     def clear_memo(self) -> None:
         """Forget the memoised transformer states of served history windows (see
