@@ -568,15 +568,15 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         with torch.inference_mode():
             tables = self._item_tables(net)
         with self._memo_lock:
-            self._memo = (tables, old[1]) if tables is not old[0] else old
+            self._memo = (tables, old[1])
 
     # ------------------------------------------------------------------ persistence
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(config, arrays)``: JSON-able settings and the weights plus stored histories.
 
         Arrays are ``net.<name>`` (the torch state dict), ``history.indptr|items|timestamps``
-        and ``serving.keys|states`` (see :meth:`_serving_arrays`). :meth:`from_state` rebuilds
-        a model that gives identical scores and starts with every stored history encoded.
+        and ``serving.*`` (see :meth:`_serving_arrays`). :meth:`from_state` rebuilds a model
+        that gives identical scores and starts with every stored history encoded.
         """
         from driftrank.rerank._train import net_arrays
 
@@ -731,26 +731,20 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         queries: dict[int, tuple[bytes, Any]] = {}
         with torch.inference_mode():
             tables = self._item_tables(net)
-            memo = self._state_memo(net, tables) or {}
+            memo = self._state_memo(net, tables)
             for lo in range(0, len(users), _PREPARE_ROWS):
                 rows = slice(lo, lo + _PREPARE_ROWS)
                 w = histories.windows(users[rows], None, self.config.max_len)
                 window_keys = _window_keys(w.items, w.times)
-                found = [memo.get(k) for k in window_keys]
-                miss = np.array([j for j, v in enumerate(found) if v is None], dtype=np.int64)
-                if len(miss):
-                    it = torch.from_numpy(w.items[miss])
-                    fresh = self._latest_states(
-                        net, tables[0], w.items[miss], w.times[miss], w.lengths[miss], it, it >= 0, None
-                    )
-                    for j, r in enumerate(miss.tolist()):
-                        found[r] = fresh[j]
+                it = torch.from_numpy(w.items)
+                states[rows] = self._latest_states(
+                    net, tables[0], w.items, w.times, w.lengths, it, it >= 0, memo, window_keys, keep=False
+                ).numpy()
                 keys[rows] = np.frombuffer(b"".join(window_keys), dtype=np.uint8).reshape(-1, 16)
-                states[rows] = torch.stack(found).numpy()  # type: ignore[arg-type]
                 last[rows] = w.times[:, -1]
                 for j, k in enumerate(window_keys):
-                    qkey = k + w.times[j, -1].tobytes()
-                    hit = memo.get(qkey)
+                    qkey = _query_key(k, w.times[j, -1])
+                    hit = None if memo is None else memo.get(qkey)
                     if hit is not None:
                         queries[lo + j] = (qkey, hit)
         order = np.argsort(last, kind="stable")
@@ -901,10 +895,12 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
         valid: torch.Tensor,
         memo: dict[bytes, Any] | None,
         keys: list[bytes] | None = None,
+        keep: bool = True,
     ) -> torch.Tensor:
         """Transformer states ``[n, d]`` at the latest position of windows ``items: int64[n, L]``
         (times in unix seconds; ``it`` and ``valid`` are the items as a tensor and ``it >= 0``),
-        from ``memo`` where it has them (``keys``: the windows' :func:`_window_keys`)."""
+        from ``memo`` where it has them (``keys``: the windows' :func:`_window_keys`); the ones
+        encoded here go into ``memo`` unless ``keep`` is false."""
         import torch
 
         def encode(rows: slice | np.ndarray) -> torch.Tensor:
@@ -923,7 +919,8 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             fresh = encode(np.asarray(miss, dtype=np.int64)).clone()
             for j, r in enumerate(miss):
                 found[r] = fresh[j]
-            self._memo_put(memo, [(keys[r], fresh[j]) for j, r in enumerate(miss)])
+            if keep:
+                self._memo_put(memo, [(keys[r], fresh[j]) for j, r in enumerate(miss)])
         return torch.stack(found)  # type: ignore[arg-type]
 
     def _memo_put(self, memo: dict[bytes, Any], entries: list[tuple[bytes, Any]]) -> None:
@@ -989,7 +986,7 @@ class SequenceReranker(FittedSequenceModel["RerankerNet"]):
             u, gap_bias = self._query(net, table, items, times, lengths, ref, it, valid, eh, memo, None)
             return u, gap_bias, eh
         keys = _window_keys(items, times)
-        qkey = keys[0] + ref[0].tobytes()
+        qkey = _query_key(keys[0], ref[0])
         hit = memo.get(qkey)
         if hit is not None:
             return hit[0], hit[1], eh
@@ -1215,6 +1212,11 @@ def _check_targets(targets: Targets, dataset: Dataset) -> None:
         raise DataError(f"validation targets mention users outside [0, {dataset.n_users})")
     if n and (targets.items.min() < 0 or targets.items.max() >= dataset.n_items):
         raise DataError(f"validation targets mention items outside [0, {dataset.n_items})")
+
+
+def _query_key(window_key: bytes, ref: np.float64) -> bytes:
+    """Memo key of a window's query side at request time ``ref`` (unix seconds)."""
+    return window_key + np.float64(ref).tobytes()
 
 
 def _window_keys(items: np.ndarray, times: np.ndarray) -> list[bytes]:
