@@ -124,19 +124,9 @@ def summary_ms(seconds: np.ndarray) -> dict[str, float]:
 
 def get_engine(args: argparse.Namespace, train: Dataset, scratch: Path) -> tuple[Path, dict[str, Any]]:
     """The saved engine to time (fitted now and saved to ``--save`` or into ``scratch``, or
-    ``--load``) and what its fit took (measured now, or as recorded when saved)."""
+    ``--load``) and, when fitted now, what its fit took (``main`` reads a loaded engine's)."""
     if args.load is not None:
-        t = time.perf_counter()
-        engine = Engine.load(args.load)
-        load_s = time.perf_counter() - t
-        report = engine.fit_report
-        log.info("loaded %s in %.1f s", args.load, load_s)
-        return args.load, {
-            "source": f"loaded from {args.load}",
-            "load_seconds": load_s,
-            "total_seconds": report.get("seconds", {}).get("total"),
-            "stage_seconds": report.get("seconds", {}),
-        }
+        return args.load, {"source": f"loaded from {args.load}"}
     config = EngineConfig.from_toml(args.config) if args.config is not None else EngineConfig(seed=0)
     log.info("fitting the hybrid on %s (%d interactions)", train.name, train.n_interactions)
     t = time.perf_counter()
@@ -166,14 +156,20 @@ def fit_als(user_items: Any, threads: int, seed: int) -> tuple[Any, float]:
 
 
 def single_user_latency(
-    path: Path, als: Any, user_items: Any, raw_ids: list[Any], index: np.ndarray, warmup: list[Any]
+    warm: Engine,
+    path: Path,
+    als: Any,
+    user_items: Any,
+    raw_ids: list[Any],
+    index: np.ndarray,
+    warmup: list[Any],
 ) -> tuple[Engine, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """The engine loaded from ``path`` and the seconds per request of the hybrid and of ALS for
     each user (timed alternately): each user's first request right after the load, their first
     request with nothing memoised (after ``clear_caches``), a repeat request, and the seconds of
     reading the first result's ``contributions`` (computed on first read). ``warmup`` users are
-    ranked first, on an engine loaded before."""
-    engine = Engine.load(path)
+    ranked first, on ``warm``, another engine loaded from ``path``."""
+    engine = warm
     for raw in warmup:
         engine.rank(raw, k=K).contributions  # noqa: B018 - the read computes them
         als.recommend(0, user_items[0], N=K, filter_already_liked_items=True)
@@ -340,6 +336,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     engine = Engine.load(path)
     fit["load_seconds"] = time.perf_counter() - t
+    log.info("loaded %s in %.2f s", path, fit["load_seconds"])
+    if args.load is not None:  # what its fit took, as recorded when it was saved
+        fit["total_seconds"] = engine.fit_report.get("seconds", {}).get("total")
+        fit["stage_seconds"] = engine.fit_report.get("seconds", {})
     user_items = train.seen.tocsr()
     if engine.n_users != train.n_users:
         raise SystemExit(f"the engine knows {engine.n_users} users, the training part has {train.n_users}")
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup = [raw_ids[i] for i in order[len(order) - WARMUP :]]
     with threadpool_limits(args.threads):
         engine, timed = single_user_latency(
-            path, als, user_items, [raw_ids[i] for i in sample], sample, warmup
+            engine, path, als, user_items, [raw_ids[i] for i in sample], sample, warmup
         )
         batch = batch_throughput(
             path, als, user_items, raw_ids, args.batch_size, args.passes, args.threads, args.workers
