@@ -230,7 +230,7 @@ def test_concurrent_rank_matches_serial(engine: Engine, data: Dataset) -> None:
 
 
 def test_rank_batch_workers_rank_like_one_call(
-    engine: Engine, data: Dataset, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    engine: Engine, data: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     users = list(data.user_ids.ids)  # 70 users: two parts of 35 (at least 32 per worker)
     later = [float(engine.history(u)["timestamp"].max()) + 3600.0 for u in users]
@@ -250,22 +250,29 @@ def test_rank_batch_workers_rank_like_one_call(
                     np.testing.assert_allclose(a.contributions[g], b.contributions[g], rtol=1e-4, atol=1e-5)
         if "filter" in kwargs:
             assert all(set(r.item_ids.tolist()) <= keep for r in many)
-    # Workers beside multi-threaded torch are worth a note in the log, once per process.
+    # Parallel workers run with one torch/BLAS thread each (threads outnumbering the cores wait
+    # on each other), and the caller's settings come back afterwards.
     import torch
+    from threadpoolctl import threadpool_info
 
-    from driftrank.engine import _engine as engine_module
+    seen_threads: list[tuple[int, int]] = []
+    inner = engine._rank_known
 
-    monkeypatch.setattr(engine_module, "_oversubscription_noted", False)
+    def spy(*args: object, **kw: object) -> object:
+        blas = max((lib["num_threads"] for lib in threadpool_info()), default=1)
+        seen_threads.append((torch.get_num_threads(), blas))
+        return inner(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_rank_known", spy)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with caplog.at_level("WARNING", logger="driftrank.engine._engine"):
-            engine.rank_batch(users, k=8, workers=2)
-            engine.rank_batch(users, k=8, workers=2)
+        engine.rank_batch(users, k=8, workers=2)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
-    notes = [r.getMessage() for r in caplog.records if "workers while" in r.getMessage()]
-    assert len(notes) == 1 and "torch (2)" in notes[0]
+    monkeypatch.undo()
+    assert len(seen_threads) == 2 and all(t == (1, 1) for t in seen_threads), seen_threads
     # Too few users for two parts: one call, the same answers.
     few = engine.rank_batch(users[:40], k=8, workers=2)
     for a, b in zip(one[:40], few, strict=True):
@@ -429,7 +436,8 @@ def test_explain_shows_drift(engine: Engine, data: Dataset) -> None:
     assert any(g == old_topic for g, _ in ex.falling)
     assert len(ex.reasons) == 5
     text = str(ex)
-    assert "rising" in text and ex.reasons[0]["title"] in text
+    assert "growing:" in text and "shrinking:" in text and ex.reasons[0]["title"] in text
+    assert "position:" not in text and "time:" not in text  # scales read as "the last 8 events"
     traj = engine.interest_trajectory(uid, [1.6e9, 1.7e9])
     assert traj.shape[0] == 2
 
@@ -469,3 +477,58 @@ def test_rw_lock_does_not_starve_writers_and_allows_nested_reads() -> None:
     for th in threads:
         th.join()
     assert finished, "the writer was starved by a stream of readers"
+
+
+def test_rank_table_holds_rank_batch_row_for_row(engine: Engine, data: Dataset) -> None:
+    users = [data.user_ids.ids[j].item() for j in (5, 0, 9)]
+    results = engine.rank_batch(users, k=6)
+    table = engine.rank_table(users, k=6, contributions=True)
+    assert table.columns[:5] == ["user_id", "rank", "item_id", "title", "score"]
+    assert table.height == sum(len(r) for r in results)
+    for r in results:
+        rows = table.filter(pl.col("user_id") == r.user).sort("rank")
+        assert rows["rank"].to_list() == list(range(1, len(r) + 1))
+        assert rows["item_id"].to_list() == r.item_ids.tolist()
+        assert rows["title"].to_list() == r.titles
+        np.testing.assert_allclose(rows["score"].to_numpy(), r.scores, rtol=1e-5, atol=1e-6)
+        # The +signal columns and base add up to the score, as on the result.
+        parts = rows.select([c for c in rows.columns if c.startswith("+")] + ["base"]).to_numpy()
+        np.testing.assert_allclose(parts.sum(axis=1), r.scores, rtol=1e-4, atol=1e-4)
+    # Chunks: the same rows, in the users' order, however the users are cut.
+    chunks = list(engine.rank_tables(users, k=6, chunk_size=2))
+    assert [c["user_id"].unique(maintain_order=True).to_list() for c in chunks] == [users[:2], users[2:]]
+    whole, cut = engine.rank_table(users, k=6), pl.concat(chunks)
+    assert cut.drop("score").equals(whole.drop("score"))
+    np.testing.assert_allclose(cut["score"].to_numpy(), whole["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    pd = pytest.importorskip("pandas")  # a dev dependency: present in CI
+    frame = engine.rank_table(users, k=6, format="pandas")
+    assert isinstance(frame, pd.DataFrame) and list(frame["item_id"]) == table["item_id"].to_list()
+    empty = engine.rank_table([], k=6)
+    assert empty.height == 0 and empty.columns[:5] == table.columns[:5]
+    with pytest.raises(DataError, match="chunk_size must be a positive integer"):
+        list(engine.rank_tables(users, chunk_size=0))
+    with pytest.raises(ConfigError, match="format must be"):
+        engine.rank_table(users, format="csv")  # type: ignore[arg-type]
+
+
+def test_rank_result_repr_names_ids_not_catalog_positions(engine: Engine, data: Dataset) -> None:
+    r = engine.rank(data.user_ids.ids[2].item(), k=3)
+    text = repr(r)
+    assert "item_ids=" in text and "items=" not in text.replace("item_ids=", "")
+
+
+def test_explain_labels_read_plainly() -> None:
+    from driftrank.engine._explain import _period, scale_label, signal_label
+
+    day = 86_400.0
+    t0 = 877_219_200.0  # 1997-10-19 00:00 UTC
+    # A history within one day shows times, not four copies of the same date.
+    assert _period(t0 + 3600, t0 + 5400, 3 * 3600) == "1997-10-19 01:00 .. 01:30"
+    assert _period(t0 + 3600, t0 + day + 60, day + 60) == "1997-10-19 01:00 .. 1997-10-20 00:01"
+    assert _period(t0, t0, 0.0) == "1997-10-19 00:00"
+    assert _period(t0, t0 + 40 * day, 40 * day) == "1997-10-19 .. 1997-11-28"
+    assert scale_label("time:30d") == "weighted to the last month"
+    assert scale_label("time:2.5d") == "weighted to the last 2.5 days"
+    assert scale_label("position:8") == "weighted to the last 8 events"
+    assert scale_label("custom") == "custom"
+    assert signal_label("covisit").startswith("co-visitation") and signal_label("new") == "new"

@@ -214,14 +214,14 @@ def run_benchmark(
     ablation table on the test step (each signal group removed, each alone, and the fusion
     methods side by side on the same candidates; :func:`fusion_ablation`).
     """
-    from tqdm.auto import tqdm
+    from driftrank._progress import bar as progress_bar
 
     data, split = prepare_split(dataset, protocol)
     result = BenchResult(dataset=data.describe(), protocol=protocol, seed=seed)
     result.dataset["n_test_users"] = len(split.test)
     last: EvalResult | None = None
     fitted: dict[str, Any] = {}
-    for spec in tqdm(specs, desc=f"bench {data.name}", unit="pipeline", disable=not progress):
+    for spec in progress_bar(specs, enabled=progress, desc=f"bench {data.name}", unit="pipeline"):
         log.info("pipeline %s (%s) on %s", spec.name, spec.kind, data.name)
         ranker = build_pipeline(spec, seed)
         shared = _shared_fit(ranker, fitted)

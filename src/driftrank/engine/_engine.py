@@ -7,7 +7,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
@@ -17,8 +17,10 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from driftrank._progress import FitStages
 from driftrank.data import Dataset, IdMap
 from driftrank.engine._config import EngineConfig
+from driftrank.engine._result import TableFormat
 from driftrank.errors import ConfigError, DataError, NotFittedError, UnknownIdError
 from driftrank.types import Candidates, Ranking
 
@@ -107,7 +109,7 @@ class RankResult:
 
     user: object | None
     item_ids: np.ndarray
-    items: np.ndarray
+    items: np.ndarray = field(repr=False)  # positions in the engine's catalog, not ids
     scores: np.ndarray
     titles: list[str]
     at: float
@@ -262,32 +264,51 @@ class Engine:
 
     # ================================================================== fitting
     def fit(self, dataset: Dataset) -> Self:
-        """Fit every stage on ``dataset`` (see the class docstring); returns ``self``."""
-        from driftrank.eval import leave_one_out
-        from driftrank.retrieval._common import EventLog
+        """Fit every stage on ``dataset`` (see the class docstring); returns ``self``.
 
+        With ``config.progress`` a bar shows the stage being fitted (and the re-ranker's epochs);
+        each stage's duration is logged at INFO level and kept in ``fit_report["seconds"]``.
+        """
         if not isinstance(dataset, Dataset):
             raise DataError(f"Engine.fit takes a driftrank Dataset, got {type(dataset).__name__}")
         if dataset.n_interactions == 0:
             raise DataError(f"cannot fit on {dataset.name!r}: it has no interactions")
         cfg = self.config
-        timings: dict[str, float] = {}
+        names = ["encode", "retrieval", "interest", "reranker", *(["llm"] if self._llm else []), "fusion"]
+        stages = FitStages(
+            [*names, "final_update"], enabled=cfg.progress, logger=log, what=f"fit {dataset.name}"
+        )
         t0 = time.perf_counter()
-        vectors = self._encode(dataset.item_texts)
-        timings["encode"] = time.perf_counter() - t0
+        try:
+            self._fit_stages(dataset, stages)
+        finally:
+            stages.close()
+        timings = dict(stages.seconds)
+        timings["total"] = time.perf_counter() - t0
+        st = self._require()
+        st.fit_report["seconds"] = timings
+        log.info("engine fitted on %s in %.1f s", dataset.name, timings["total"])
+        return self
+
+    def _fit_stages(self, dataset: Dataset, stages: FitStages) -> None:
+        """The steps of :meth:`fit`, each timed by ``stages``."""
+        from driftrank.eval import leave_one_out
+        from driftrank.retrieval._common import EventLog
+
+        cfg = self.config
+        with stages.stage("encode"):
+            vectors = self._encode(dataset.item_texts)
 
         split = leave_one_out(dataset)
         fit_part, held = split.train_valid, split.test
         self._build_components(vectors)
 
-        t = time.perf_counter()
-        if self._merger is not None:
-            self._merger.fit(fit_part)
-        timings["retrieval"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if self._interest is not None:
-            self._interest.fit(fit_part)
-        timings["interest"] = time.perf_counter() - t
+        with stages.stage("retrieval"):
+            if self._merger is not None:
+                self._merger.fit(fit_part)
+        with stages.stage("interest"):
+            if self._interest is not None:
+                self._interest.fit(fit_part)
 
         self._state = _State(
             user_ids=dataset.user_ids,
@@ -299,19 +320,24 @@ class Engine:
             item_vectors=vectors,
             n_fit_items=dataset.n_items,
         )
-        t = time.perf_counter()
-        if self._reranker is not None:
-            hard = None
-            if self._merger is not None and cfg.reranker.n_hard > 0:
-                hard = self._train_candidates(fit_part)
-            self._reranker.fit(fit_part, vectors, candidates=hard)
-        timings["reranker"] = time.perf_counter() - t
+        with stages.stage("reranker"):
+            if self._reranker is not None:
+                hard = None
+                if self._merger is not None and cfg.reranker.n_hard > 0:
+                    hard = self._train_candidates(fit_part)
+                self._reranker.fit(fit_part, vectors, candidates=hard)
         if self._llm is not None:
-            t = time.perf_counter()
-            self._llm.fit(self, fit_part, seed=cfg.seed, progress=cfg.progress)
-            timings["llm"] = time.perf_counter() - t
+            with stages.stage("llm"):
+                self._llm.fit(self, fit_part, seed=cfg.seed, progress=cfg.progress)
 
-        t = time.perf_counter()
+        with stages.stage("fusion"):
+            self._fit_fusion(dataset, fit_part, held)
+        with stages.stage("final_update"):
+            self._final_update(dataset, held)
+
+    def _fit_fusion(self, dataset: Dataset, fit_part: Dataset, held: Any) -> None:
+        """Train the fusion layer on the held-out events; records the fit report."""
+        assert self._state is not None
         report: dict[str, Any] = {"held_out_users": len(held)}
         if self._llm is not None:
             report["llm"] = {k: v for k, v in self._llm.train_report_.items() if k != "log"}
@@ -337,9 +363,12 @@ class Engine:
             fr = getattr(self._fuser, "report_", None)
             if fr is not None:
                 report["fusion"] = {k: v for k, v in vars(fr).items() if isinstance(v, (int, float, str))}
-        timings["fusion"] = time.perf_counter() - t
+        self._state.fit_report = report
 
-        t = time.perf_counter()
+    def _final_update(self, dataset: Dataset, held: Any) -> None:
+        """Bring every component up to date with the held-out events (``final_update``)."""
+        assert self._state is not None
+        cfg = self.config
         if cfg.final_update == "refit":
             if self._merger is not None:
                 self._merger.fit(dataset)
@@ -352,12 +381,6 @@ class Engine:
             self._prepare(held.users)
         else:
             self._observe_indices(held.users, held.items, held.timestamps)
-        timings["final_update"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        report["seconds"] = timings
-        self._state.fit_report = report
-        log.info("engine fitted on %s in %.1f s", dataset.name, timings["total"])
-        return self
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         enc = self._get_encoder()
@@ -810,7 +833,6 @@ class Engine:
                 return self._rank_known(idx, k, at_list, exclude_seen, None, filter)
             from concurrent.futures import ThreadPoolExecutor
 
-            _note_oversubscription(n_parts)
             keep = self._keep_fn(None, filter)  # once, not per part (a predicate visits every item)
 
             def part(rows: np.ndarray) -> list[RankResult]:
@@ -819,9 +841,76 @@ class Engine:
                         idx[rows], k, [at_list[j] for j in rows.tolist()], exclude_seen, None, None, keep
                     )
 
-            with ThreadPoolExecutor(n_parts, thread_name_prefix="driftrank-batch") as pool:
+            with (
+                _one_thread_each(),
+                ThreadPoolExecutor(n_parts, thread_name_prefix="driftrank-batch") as pool,
+            ):
                 parts = list(pool.map(part, np.array_split(np.arange(len(idx)), n_parts)))
         return [r for p in parts for r in p]
+
+    def rank_tables(
+        self,
+        users: Sequence[object],
+        k: int = 10,
+        *,
+        chunk_size: int = 4096,
+        contributions: bool = False,
+        format: TableFormat = "polars",
+        progress: bool = False,
+        **rank_kwargs: Any,
+    ) -> Iterator[Any]:
+        """Rank ``users`` ``chunk_size`` at a time, yielding one table per chunk (see
+        :meth:`rank_table` for the columns), so that memory stays bounded however many users
+        there are. ``rank_kwargs`` go to :meth:`rank_batch` (``at``, ``exclude_seen``,
+        ``filter``, ``workers``); an ``at`` sequence is cut into chunks with the users.
+        """
+        from driftrank._progress import bar
+        from driftrank.engine._result import results_table
+
+        k = _check_k(k)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if isinstance(users, (str, bytes)) or not isinstance(users, Sequence):
+            raise DataError(f"users must be a sequence of user ids, got {type(users).__name__}")
+        at = rank_kwargs.pop("at", None)
+        if at is not None and len(at) != len(users):
+            raise DataError(f"at must have one time per user ({len(users)}), got {len(at)}")
+        with bar(total=len(users), enabled=progress, desc="rank", unit="user") as shown:
+            for s in range(0, len(users), int(chunk_size)):
+                part = users[s : s + int(chunk_size)]
+                results = self.rank_batch(
+                    part, k, at=None if at is None else at[s : s + len(part)], **rank_kwargs
+                )
+                yield results_table(results, contributions=contributions, format=format)
+                shown.update(len(part))
+
+    def rank_table(
+        self,
+        users: Sequence[object],
+        k: int = 10,
+        *,
+        contributions: bool = False,
+        format: TableFormat = "polars",
+        **rank_kwargs: Any,
+    ) -> Any:
+        """Rank ``users`` into one table with a row per (user, rank): ``user_id``, ``rank``
+        (1-based), ``item_id``, ``title``, ``score`` and, with ``contributions``, one ``+signal``
+        column per signal group plus ``base`` (they add up to ``score``).
+
+        A polars frame, or pandas with ``format="pandas"``. ``rank_kwargs`` go to
+        :meth:`rank_batch` (``at``, ``exclude_seen``, ``filter``, ``workers``). For millions of
+        users, write :meth:`rank_tables`' chunks out one by one instead.
+        """
+        parts = list(self.rank_tables(users, k, contributions=contributions, format=format, **rank_kwargs))
+        if not parts:
+            from driftrank.engine._result import results_table
+
+            return results_table([], contributions=contributions, format=format)
+        if format == "pandas":
+            import pandas as pd
+
+            return pd.concat(parts, ignore_index=True)
+        return pl.concat(parts)
 
     def _rank_known(
         self,
@@ -1294,34 +1383,27 @@ def _first_seen(ds: Dataset) -> np.ndarray:
     return out
 
 
-_oversubscription_noted = False
-
-
-def _note_oversubscription(workers: int) -> None:
-    """Log once per process when ``rank_batch`` workers run while torch, BLAS or OpenMP use
-    more than one thread each: the threads then outnumber the cores and wait on each other
-    (measured on 2 cores: two workers rank 20% fewer users/s with BLAS on two threads than on
-    one)."""
-    global _oversubscription_noted
-    if _oversubscription_noted:
-        return
-    _oversubscription_noted = True
+@contextmanager
+def _one_thread_each() -> Iterator[None]:
+    """While ``rank_batch`` runs parallel workers, torch, BLAS and OpenMP use one thread each,
+    so the threads do not outnumber the cores and wait on each other (on 2 cores, two workers
+    ranked 20% fewer users/s with BLAS on two threads than on one). The settings are
+    process-wide, so a request from another thread meanwhile also runs on one thread; they are
+    restored afterwards."""
     import sys
 
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_limits
 
     torch = sys.modules.get("torch")
-    busy = {lib["internal_api"]: lib["num_threads"] for lib in threadpool_info() if lib["num_threads"] > 1}
-    if torch is not None and torch.get_num_threads() > 1:
-        busy["torch"] = torch.get_num_threads()
-    if busy:
-        log.warning(
-            "rank_batch runs %d workers while %s use several threads each; for the best throughput "
-            "give each worker one thread: torch.set_num_threads(1) and "
-            "threadpoolctl.threadpool_limits(1)",
-            workers,
-            ", ".join(f"{k} ({v})" for k, v in sorted(busy.items())),
-        )
+    before = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(1):
+        if torch is not None:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if torch is not None and before is not None:
+                torch.set_num_threads(before)
 
 
 def _check_k(k: object) -> int:

@@ -23,8 +23,9 @@ class Explanation:
     Attributes:
         user: the raw user id.
         evolution: one row per time window of the user's history (equal numbers of events):
-            ``window``, ``start``, ``end`` (dates), ``events``, ``top_genres`` (share of the
-            window's events per genre, strongest first).
+            ``window``, ``period`` (readable: dates, or dates and times when the whole history
+            spans under four days), ``start``, ``end`` (dates), ``events``, ``top_genres``
+            (share of the window's events per genre, strongest first).
         rising, falling: genres whose share grew / shrank most from the first window to the last.
         interest_now: per interest time scale, the genres whose centroid is closest to the
             user's current interest vector.
@@ -42,26 +43,82 @@ class Explanation:
     reasons: list[dict[str, object]]
 
     def __str__(self) -> str:
-        lines = [f"user {self.user}: interest over time"]
+        lines = [f"user {self.user}: interests over time"]
         for row in self.evolution.iter_rows(named=True):
-            lines.append(f"  {row['start']} .. {row['end']} ({row['events']:>3} events): {row['top_genres']}")
+            lines.append(f"  {row['period']:<33} {row['events']:>4} events: {row['top_genres']}")
         if self.rising:
-            lines.append("  rising:  " + ", ".join(f"{g} {d:+.0%}" for g, d in self.rising))
+            lines.append("  growing:   " + ", ".join(f"{g} ({d:+.0%} of events)" for g, d in self.rising))
         if self.falling:
-            lines.append("  falling: " + ", ".join(f"{g} {d:+.0%}" for g, d in self.falling))
+            lines.append("  shrinking: " + ", ".join(f"{g} ({d:+.0%} of events)" for g, d in self.falling))
         for scale, genres in self.interest_now.items():
-            lines.append(f"  interest now ({scale}): {', '.join(genres)}")
+            lines.append(f"  interest now, {scale_label(scale)}: {', '.join(genres)}")
         lines.append("  top items and why:")
         for j, why in enumerate(self.reasons):
+            because = (
+                f"like '{why['because']}' (similarity {why['similarity']:.2f}), " if why["because"] else ""
+            )
             lines.append(
-                f"  {j + 1:>2}. {why['title']}  score {why['score']:.3f}; most from {why['top_signal']} "
-                f"({why['top_signal_value']:+.3f}); like '{why['because']}' ({why['similarity']:.2f})"
+                f"  {j + 1:>2}. {why['title']}\n"
+                f"      {because}mostly from {signal_label(str(why['top_signal']))} "
+                f"({why['top_signal_value']:+.2f} of score {why['score']:.2f})"
             )
         return "\n".join(lines)
 
 
+# Readable names of the fusion's signal groups (others are shown as they are).
+_SIGNAL_LABELS = {
+    "als": "ALS (collaborative filtering)",
+    "bpr": "BPR (collaborative filtering)",
+    "lightfm": "LightFM (collaborative filtering with features)",
+    "covisit": "co-visitation (watched together)",
+    "popularity": "popularity",
+    "pop": "popularity",
+    "interest": "interest vector (text)",
+    "rerank": "sequence re-ranker",
+    "llm": "language-model re-ranker",
+    "text": "text similarity",
+    "age": "item age",
+    "item_age": "item age",
+}
+
+
+def signal_label(name: str) -> str:
+    """A readable name for a fusion signal group (``"covisit"`` → ``"co-visitation ..."``)."""
+    return _SIGNAL_LABELS.get(name, name)
+
+
+def scale_label(name: str) -> str:
+    """A readable name for an interest scale: ``"time:30d"`` → ``"weighted to the last 30 days"``."""
+    kind, _, value = name.partition(":")
+    if kind == "time" and value.endswith("d"):
+        days = value[:-1]
+        spans = {"1": "the last day", "7": "the last week", "30": "the last month", "365": "the last year"}
+        return f"weighted to {spans.get(days, f'the last {days} days')}"
+    if kind == "position" and value:
+        return f"weighted to the last {value} events"
+    return name
+
+
+def _period(start: float, end: float, span: float) -> str:
+    """``start .. end`` as dates, or with times when the whole history spans under four days."""
+    if span >= 4 * 86400:
+        a, b = _date(start), _date(end)
+        return a if a == b else f"{a} .. {b}"
+    fa = _stamp(start)
+    fb = _stamp(end)
+    if fa == fb:
+        return fa
+    if fa[:10] == fb[:10]:
+        return f"{fa} .. {fb[11:]}"
+    return f"{fa} .. {fb}"
+
+
 def _date(t: float) -> str:
     return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def _stamp(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def explain(engine: Engine, user: object, k: int = 10, windows: int = 4) -> Explanation:
@@ -79,6 +136,7 @@ def explain(engine: Engine, user: object, k: int = 10, windows: int = 4) -> Expl
         titles = st.items["title"].to_list()
         n_win = max(1, min(windows, len(items)))
         bounds = np.linspace(0, len(items), n_win + 1).astype(int)
+        span = float(times[-1] - times[0]) if len(times) else 0.0
         rows = []
         shares: list[dict[str, float]] = []
         for w in range(n_win):
@@ -93,6 +151,7 @@ def explain(engine: Engine, user: object, k: int = 10, windows: int = 4) -> Expl
             rows.append(
                 {
                     "window": w + 1,
+                    "period": _period(float(times[lo]), float(times[hi - 1]), span),
                     "start": _date(times[lo]),
                     "end": _date(times[hi - 1]),
                     "events": int(hi - lo),

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from driftrank._atomic import atomic_path
+from driftrank._progress import bar as progress_bar
 from driftrank.data import Dataset
 from driftrank.eval._metrics import coverage, metrics_at, target_ranks
 from driftrank.eval._split import Split, Targets
@@ -63,7 +63,7 @@ def rank_targets(
     items = np.full((n, k), -1, dtype=np.int64)
     scores = np.full((n, k), np.nan, dtype=np.float32)
     start = time.perf_counter()
-    for s in tqdm(range(0, n, batch_size), disable=not progress, desc="rank", unit="batch", leave=False):
+    for s in progress_bar(range(0, n, batch_size), enabled=progress, desc="rank", unit="batch", leave=False):
         e = min(n, s + batch_size)
         users = targets.users[s:e]
         r = ranker.rank(users, k, exclude=seen, at=targets.timestamps[s:e])

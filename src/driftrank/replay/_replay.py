@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
+from driftrank._progress import bar as progress_bar
 from driftrank.data import Dataset
 from driftrank.errors import ConfigError
 from driftrank.eval import PairedComparison, bootstrap_ci, metrics_at, paired_bootstrap, target_ranks
@@ -520,7 +520,7 @@ def replay(
     nov_n = [0, 0]
     n_items = dataset.n_items
 
-    bar = tqdm(range(last + 1), disable=not progress, desc="replay", unit="window")
+    bar = progress_bar(range(last + 1), enabled=progress, desc="replay", unit="window")
     for w in bar:
         rows = tl.window(w)
         score = w in want

@@ -25,7 +25,8 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from driftrank._atomic import write_bytes_atomic
+from driftrank._progress import interactive
 from driftrank.errors import ConfigError, DataError, ModelFileError
 
 __all__ = [
@@ -488,7 +490,8 @@ class SentenceEncoder:
 
             log.info("loading sentence-transformers model %s on %s", self.model_ref, self.device)
             try:
-                model = SentenceTransformer(self.model_ref, device=self.device)
+                with _quiet_weight_loading():
+                    model = SentenceTransformer(self.model_ref, device=self.device)
             except OSError as e:
                 raise ConfigError(
                     f"could not load sentence-transformers model {self.model_ref!r}: {e}"
@@ -508,7 +511,7 @@ class SentenceEncoder:
         vecs = model.encode(
             texts,
             batch_size=self.config.batch_size,
-            show_progress_bar=self.config.progress,
+            show_progress_bar=self.config.progress and interactive(),
             convert_to_numpy=True,
             normalize_embeddings=True,
         )
@@ -681,3 +684,21 @@ class CachedEncoder:
 
     def __repr__(self) -> str:
         return f"CachedEncoder({self.encoder!r}, cache_dir={str(self.cache.root)!r})"
+
+
+@contextmanager
+def _quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar: loading a small encoder takes a second, and a
+    bar that appears before anything else is printed only looks like a stall."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from driftrank._progress import bar as progress_bar
 from driftrank.eval import Targets, metrics_at, target_ranks
 
 log = logging.getLogger("driftrank.rerank")
@@ -174,7 +174,7 @@ def train_loop(
     history: list[dict[str, float]] = []
     # (epoch, weights) of the last `average` checkpoints, copied off the live parameters.
     recent: deque[tuple[int, dict[str, torch.Tensor]]] = deque(maxlen=average)
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(range(1, epochs + 1), enabled=progress, desc=desc, unit="epoch", leave=False)
     epoch = 0
     for epoch in bar:
         start = time.perf_counter()
