@@ -180,10 +180,21 @@ def test_demo_quick_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     # The demo on the built-in synthetic data (the real-data run is `make demo`).
     assert main(["demo", "--dataset", "synthetic", "--quick"]) == 0
     out = capsys.readouterr().out
+    for step in ("[1/4] Fitting", "[2/4] Predicting", "[3/4] Two users", "[4/4] A new user"):
+        assert step in out
+    for row in ("popularity ", "ALS (implicit) ", "driftrank "):
+        assert f"      {row}" in out
+    assert "driftrank - ALS (implicit): " in out and "95% CI" in out
+    assert out.count("=== user") == 2 and out.count("held-out next event:") == 2
+    assert "interests over time" in out and "top items and why:" in out
+
+
+def test_demo_full_benchmarks_six_pipelines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--dataset", "synthetic", "--quick", "--full"]) == 0
+    out = capsys.readouterr().out
     for name in ("| pop ", "| sasrec ", "| hybrid ", "| rerank "):
         assert name in out
     assert "hybrid vs sasrec NDCG@10" in out
-    assert "cold start from a text" in out and out.count("=== user") == 2
 
 
 def test_plot_file_names_are_portable_whatever_the_pipeline_name() -> None:
