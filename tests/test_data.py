@@ -268,3 +268,21 @@ def test_bad_date_string_reports_its_row(tmp_path: Path) -> None:
     _write(p, "user,item,date\na,x,2024-01-01\na,y,2024-01-02\nb,x,2024-13-45\n")
     with pytest.raises(DataError, match=r"unparsable timestamp '2024-13-45' at data row 3"):
         load_interactions(p)
+
+
+def test_items_without_text_are_warned_about_once_with_what_to_pass() -> None:
+    import warnings
+
+    inter = pl.DataFrame({"user": [1, 1, 2], "item": ["a", "b", "a"], "ts": [1, 2, 3]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_interactions(inter)
+    assert len(caught) == 1 and "no item table" in str(caught[0].message)
+    assert "items=FILE" in str(caught[0].message) and "--items" in str(caught[0].message)
+    with pytest.warns(UserWarning, match="1 of 2 items have no title or text"):
+        load_interactions(inter, pl.DataFrame({"item": ["a", "b"], "title": ["A", ""]}))
+    with pytest.warns(UserWarning, match="no item has a title or text"):
+        load_interactions(inter, pl.DataFrame({"item": ["a", "b"], "price": [1.0, 2.0]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # complete texts: nothing to say
+        load_interactions(inter, pl.DataFrame({"item": ["a", "b"], "title": ["A", "B"]}))

@@ -68,6 +68,8 @@ def some_candidates(ds: Dataset, users: np.ndarray, seed: int = 3) -> Candidates
 # ---------------------------------------------------------------------- the serving contract
 def test_is_a_ranker(fitted: SequenceReranker) -> None:
     assert isinstance(fitted, Ranker)
+    # The protocol is structural: something without rank() is not one (so the check can fail).
+    assert not isinstance(object(), Ranker)
 
 
 def test_batch_scores_equal_single_user_scores(fitted: SequenceReranker, small_drifting: Dataset) -> None:

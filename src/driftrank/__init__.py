@@ -22,12 +22,16 @@ _EXPORTS = {
     "evaluate": "driftrank.eval",
     "Ranking": "driftrank.types",
     "DriftrankError": "driftrank.errors",
+    "Engine": "driftrank.engine",
+    "EngineConfig": "driftrank.engine",
 }
 
 __all__ = [
     "ColumnMap",
     "Dataset",
     "DriftrankError",
+    "Engine",
+    "EngineConfig",
     "Ranking",
     "__version__",
     "evaluate",
@@ -39,6 +43,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from driftrank.data import ColumnMap, Dataset, load_dataset, load_interactions, make_drifting
+    from driftrank.engine import Engine, EngineConfig
     from driftrank.errors import DriftrankError
     from driftrank.eval import evaluate, leave_one_out
     from driftrank.types import Ranking

@@ -53,6 +53,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         ablation=args.ablation,
     )
+    for warning in result.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(result.table())
     if result.comparisons:
         print()
@@ -73,9 +75,13 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipelines(args: argparse.Namespace) -> int:
-    from driftrank.bench import available
+    from driftrank.bench._pipelines import available, describe
 
-    print("\n".join(available()))
+    names = available()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {describe(name)}")
+    print("\nUse a name with `driftrank bench --pipeline NAME`, or a TOML file (name, kind, [params]).")
     return 0
 
 
@@ -135,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(d)
     d.set_defaults(func=_cmd_describe)
 
-    p = sub.add_parser("pipelines", help="list the pipeline names bench and replay accept")
+    p = sub.add_parser("pipelines", help="list the pipelines bench and replay accept, one line each")
     p.set_defaults(func=_cmd_pipelines)
 
     m = sub.add_parser(

@@ -74,6 +74,12 @@ def candidate_recall(
     return out
 
 
+# Single-user latency percentiles recorded and plotted.
+LATENCY_PERCENTILES = (50, 95, 99)
+# Below this many test users a benchmark's numbers are noise (one hit moves HR@10 by 1/n).
+MIN_RELIABLE_USERS = 100
+
+
 @dataclass
 class BenchResult:
     """Everything one benchmark run measured; ``to_json()`` is what ``results.json`` holds."""
@@ -87,6 +93,7 @@ class BenchResult:
     per_user: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     latencies: dict[str, np.ndarray] = field(default_factory=dict)
     rankers: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict (per-user arrays are saved separately in ``per_user.npz``)."""
@@ -97,6 +104,7 @@ class BenchResult:
             "machine": self.machine,
             "pipelines": self.pipelines,
             "comparisons": self.comparisons,
+            "warnings": self.warnings,
         }
 
     def table(
@@ -124,7 +132,21 @@ class BenchResult:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
         write_text_atomic(d / "results.json", json.dumps(self.to_json(), indent=2, default=_json_default))
-        md = [f"# {self.dataset.get('name')} ({self.protocol})", "", self.table(), ""]
+        md = [f"# {self.dataset.get('name')} ({self.protocol})", ""]
+        md += [f"> **Warning:** {w}" for w in self.warnings] + ([""] if self.warnings else [])
+        md += [self.table(), ""]
+        lat_rows = {k: v["latency_ms"] for k, v in self.pipelines.items() if "latency_ms" in v}
+        if lat_rows:
+            md += [
+                "## Single-user latency (ms)",
+                "",
+                "| pipeline | " + " | ".join(f"p{q}" for q in LATENCY_PERCENTILES) + " | calls |",
+                "|---|" + "---|" * (len(LATENCY_PERCENTILES) + 1),
+            ]
+            for k, v in lat_rows.items():
+                cells = [f"{v[f'p{q}']:.2f}" if f"p{q}" in v else "" for q in LATENCY_PERCENTILES]
+                md.append(f"| {k} | " + " | ".join(cells) + f" | {v.get('n', '')} |")
+            md.append("")
         recall_rows = {k: v["candidate_recall"] for k, v in self.pipelines.items() if "candidate_recall" in v}
         if recall_rows:
             md += [
@@ -219,6 +241,12 @@ def run_benchmark(
     data, split = prepare_split(dataset, protocol)
     result = BenchResult(dataset=data.describe(), protocol=protocol, seed=seed)
     result.dataset["n_test_users"] = len(split.test)
+    if len(split.test) < MIN_RELIABLE_USERS:
+        result.warnings.append(
+            f"only {len(split.test)} test users (fewer than {MIN_RELIABLE_USERS}): the metrics, their "
+            "bootstrap intervals and the paired p-values are too noisy to compare pipelines"
+        )
+        log.warning("%s", result.warnings[-1])
     last: EvalResult | None = None
     fitted: dict[str, Any] = {}
     for spec in progress_bar(specs, enabled=progress, desc=f"bench {data.name}", unit="pipeline"):
@@ -259,8 +287,7 @@ def run_benchmark(
             lat = _latencies(ranker, split, latency_users, max(ks))
             result.latencies[spec.name] = lat
             entry["latency_ms"] = {
-                "p50": float(np.percentile(lat, 50) * 1e3),
-                "p99": float(np.percentile(lat, 99) * 1e3),
+                **{f"p{q}": float(np.percentile(lat, q) * 1e3) for q in LATENCY_PERCENTILES},
                 "n": len(lat),
             }
         if hasattr(ranker, "report"):

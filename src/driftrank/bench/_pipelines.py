@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 from driftrank.errors import ConfigError
 from driftrank.types import Ranker
 
-__all__ = ["PIPELINES", "PipelineSpec", "build_pipeline", "register_pipeline"]
+__all__ = ["PIPELINES", "PipelineSpec", "build_pipeline", "describe", "register_pipeline"]
 
 Factory = Callable[[dict[str, Any], int], Ranker]
 
@@ -94,13 +95,29 @@ def available() -> list[str]:
     return sorted({*PIPELINES, *_CUSTOM})
 
 
-def build_pipeline(spec: PipelineSpec, seed: int = 0) -> Ranker:
-    """Instantiate the (unfitted) ranker of ``spec``."""
-    target: str | Factory | None = _CUSTOM.get(spec.kind) or PIPELINES.get(spec.kind)
+def describe(kind: str) -> str:
+    """One line on what the pipeline ``kind`` is (its factory's docstring, without the name)."""
+    target = _target(kind)
+    doc = (target.__doc__ or "").strip()
+    first = " ".join(doc.split("\n\n", 1)[0].split())
+    # Factory docstrings start with ``kind``:, and may hold reST roles and literals.
+    if first.startswith("``") and ": " in first:
+        first = first.split(": ", 1)[1]
+    first = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", first)
+    return first.replace("``", "")
+
+
+def _target(kind: str) -> Factory:
+    target: str | Factory | None = _CUSTOM.get(kind) or PIPELINES.get(kind)
     if target is None:
-        raise ConfigError(f"unknown pipeline {spec.kind!r}; expected one of {available()}")
+        raise ConfigError(f"unknown pipeline {kind!r}; expected one of {available()}")
     if isinstance(target, str):
         mod, _, fn = target.partition(":")
         target = getattr(importlib.import_module(mod), fn)
     assert callable(target)
-    return target(dict(spec.params), seed)
+    return target
+
+
+def build_pipeline(spec: PipelineSpec, seed: int = 0) -> Ranker:
+    """Instantiate the (unfitted) ranker of ``spec``."""
+    return _target(spec.kind)(dict(spec.params), seed)

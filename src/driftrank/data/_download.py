@@ -134,7 +134,8 @@ def resolve(
         except (OSError, urllib.error.URLError) as exc:
             tried.append(f"{REMOTES[name].url} ({exc})")
     raise DataNotFoundError(
-        f"data set {name!r} not found; looked in {tried}. Pass data_home=PATH, set "
+        f"data set {name!r} not found; looked in {tried}. Pass data_home=PATH (--data-home PATH on the "
+        f"command line), set "
         f"${ENV_DATA_HOME} to a folder holding {name}/, put it in the cache {cache_dir()}, "
         "or go online so it can be downloaded"
     )

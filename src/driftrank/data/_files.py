@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,7 @@ def load_interactions(
     ds_name = name or (
         Path(str(interactions)).stem if isinstance(interactions, (str, os.PathLike)) else "dataset"
     )
-    return Dataset.from_frames(
+    ds = Dataset.from_frames(
         inter,
         item_frame,
         user_frame,
@@ -272,6 +273,31 @@ def load_interactions(
         source=src,
         items_source=isrc,
     )
+    _warn_missing_texts(ds, items is not None, isrc)
+    return ds
+
+
+def _warn_missing_texts(ds: Dataset, had_items: bool, source: str) -> None:
+    """Say once when items have no text: the interest vectors, the re-ranker's text features,
+    the text cold start and the LLM then read empty strings, and rank far worse."""
+    empty = sum(1 for t in ds.item_texts if not t.strip())
+    if empty == 0:
+        return
+    if not had_items:
+        msg = (
+            f"{ds.name}: no item table, so the {ds.n_items:,} items have no titles or texts and the "
+            "text-based parts of the engine (interest vectors, text cold start, the re-ranker's text "
+            "features) have nothing to read; pass items=FILE (--items on the command line) with a "
+            "title or text column"
+        )
+    elif empty == ds.n_items:
+        msg = (
+            f"{source}: no item has a title or text (looked for columns {list(_TEXT_ALIASES)}); name "
+            "them with columns='item_text=title+description'"
+        )
+    else:
+        msg = f"{source}: {empty:,} of {ds.n_items:,} items have no title or text; they are ranked from their events only"
+    warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def _frame(obj: Any, source: str) -> pl.DataFrame:
