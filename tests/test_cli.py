@@ -239,3 +239,97 @@ def test_missing_data_names_the_command_line_flag(
     assert main(["describe", "--dataset", "ml-100k"]) == 2
     err = capsys.readouterr().err
     assert "--data-home PATH" in err and "DRIFTRANK_DATA_HOME" in err
+
+
+SMALL_ENGINE_TOML = """
+n_candidates = 30
+[encoder]
+kind = "hashing"
+dim = 32
+[reranker]
+dim = 16
+n_layers = 1
+max_epochs = 1
+n_hard = 4
+n_random = 8
+[fusion_config]
+max_epochs = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`driftrank fit` on the synthetic data set with a small engine."""
+    root = tmp_path_factory.mktemp("fit")
+    (root / "engine.toml").write_text(SMALL_ENGINE_TOML, encoding="utf-8")
+    model = root / "model"
+    rc = main(
+        [
+            "fit",
+            "--dataset",
+            "synthetic",
+            "--config",
+            str(root / "engine.toml"),
+            "--out",
+            str(model),
+            "--quiet",
+        ]
+    )
+    assert rc == 0 and (model / "manifest.json").is_file()
+    return model
+
+
+def test_rank_command_writes_what_rank_table_gives(
+    saved_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import polars as pl
+
+    from driftrank.engine import Engine
+
+    out = tmp_path / "ranks.parquet"
+    args = ["rank", "--model", str(saved_model), "--k", "7", "--out", str(out), "--chunk-size", "64"]
+    assert main([*args, "--quiet"]) == 0
+    assert "users/s" in capsys.readouterr().out
+    parts = sorted(out.glob("part-*.parquet"))
+    engine = Engine.load(saved_model)
+    assert len(parts) == -(-engine.n_users // 64)  # one part per chunk of users
+    got = pl.read_parquet(parts)
+    want = engine.rank_table(engine.known_users(), k=7)
+    assert got.drop("score").equals(want.drop("score"))
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    # Running again replaces its own earlier output; a folder that is not one is left alone.
+    assert main([*args, "--quiet", "--explain"]) == 0
+    assert any(c.startswith("+") for c in pl.read_parquet(sorted(out.glob("part-*.parquet"))).columns)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    assert main(["rank", "--model", str(saved_model), "--out", str(mine), "--quiet"]) == 2
+    assert "not a rankings folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_rank_command_users_file_and_csv(
+    saved_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import polars as pl
+
+    from driftrank.engine import Engine
+
+    known = Engine.load(saved_model).known_users()
+    users = tmp_path / "users.csv"
+    users.write_text(f"user_id\n{known[3]}\n\n{known[0]}\n", encoding="utf-8")
+    out = tmp_path / "ranks.csv"
+    cmd = ["rank", "--model", str(saved_model), "--users", str(users), "--k", "5", "--out", str(out)]
+    assert main([*cmd, "--quiet"]) == 0
+    table = pl.read_csv(out)
+    assert table["user_id"].unique(maintain_order=True).to_list() == [known[3], known[0]]
+    assert table.height == 10 and table["rank"].to_list() == [1, 2, 3, 4, 5] * 2
+    users.write_text(f"{known[1]}\nnobody-{known[2]}\n", encoding="utf-8")
+    assert main([*cmd, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err or "does not know" in err
+    assert pl.read_csv(out).height == 10  # the earlier output is untouched
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n", encoding="utf-8")
+    assert main(["rank", "--model", str(saved_model), "--out", str(other), "--quiet"]) == 2
+    assert other.read_text(encoding="utf-8") == "a,b\n1,2\n"

@@ -1,4 +1,4 @@
-"""The ``driftrank`` command line: ``bench``, ``describe``, ``pipelines``, ``demo`` (and ``replay``/``ope``)."""
+"""The ``driftrank`` command line: ``demo``, ``fit``, ``rank``, ``bench``, ``describe``, ``pipelines``, ``replay``, ``ope``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,51 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from driftrank.engine import Engine, EngineConfig
+
+    config = EngineConfig.from_toml(args.config) if args.config else EngineConfig()
+    config = dataclasses.replace(config, progress=not args.quiet)
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed=args.seed)
+    dataset = load_from_args(args)
+    print(f"fitting on {dataset!r} ...", file=sys.stderr)
+    engine = Engine(config).fit(dataset)
+    path = engine.save(args.out)
+    seconds = engine.fit_report["seconds"]
+    stages = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items() if k != "total")
+    print(
+        f"fitted {engine.n_users:,} users x {engine.n_items:,} items in {seconds['total']:.1f} s ({stages})"
+    )
+    print(f"saved to {path}")
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from driftrank.engine import Engine
+    from driftrank.engine._export import read_user_ids, write_rankings
+
+    engine = Engine.load(args.model)
+    users = None if args.users in (None, "all") else read_user_ids(args.users, engine)
+    summary = write_rankings(
+        engine,
+        args.out,
+        users,
+        k=args.k,
+        chunk_size=args.chunk_size,
+        contributions=args.explain,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(
+        f"ranked {summary.users:,} users into {summary.rows:,} rows in {summary.seconds:.1f} s "
+        f"({summary.users_per_second:,.0f} users/s); written to {summary.path}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from driftrank.demo import run_demo
 
@@ -136,6 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_cmd_bench)
+
+    f = sub.add_parser(
+        "fit",
+        help="fit an engine on a data set and save it",
+        description="Fit the engine (every stage, each user's last event held out to train the fusion "
+        "layer, then taken in) and save it as a model folder for `driftrank rank` or Engine.load.",
+    )
+    _add_data_args(f)
+    f.add_argument(
+        "--config", help="engine settings as TOML (tables mirror EngineConfig; default: the defaults)"
+    )
+    f.add_argument("--seed", type=int, help="seed for every stochastic part (default: the config's)")
+    f.add_argument(
+        "--out", required=True, help="model folder to write (replaced atomically if it holds a model)"
+    )
+    f.add_argument("--quiet", action="store_true", help="no progress display")
+    f.set_defaults(func=_cmd_fit)
+
+    r = sub.add_parser(
+        "rank",
+        help="rank every user (or a list) of a saved model into Parquet or CSV",
+        description="Load a saved model and write one row per (user, rank): user_id, rank, item_id, title, "
+        "score (and each signal's contribution with --explain), chunk by chunk so that memory stays "
+        "bounded. OUT ending in .csv gives one CSV file, anything else a folder of Parquet parts.",
+    )
+    r.add_argument("--model", required=True, help="model folder written by `driftrank fit` or Engine.save")
+    r.add_argument("--users", default="all", help="'all' (default) or a file with one user id per line")
+    r.add_argument("--k", type=int, default=100, help="items per user (default 100)")
+    r.add_argument("--out", required=True, help="output: a folder of Parquet parts, or a .csv file")
+    r.add_argument("--workers", type=int, default=1, help="parallel ranking threads (default 1)")
+    r.add_argument("--chunk-size", type=int, default=4096, help="users ranked and written at a time")
+    r.add_argument("--explain", action="store_true", help="add each signal's contribution to the score")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_rank)
 
     d = sub.add_parser("describe", help="print counts, time span and density of a data set")
     _add_data_args(d)

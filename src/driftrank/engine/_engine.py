@@ -1145,6 +1145,11 @@ class Engine:
             return n_new
 
     # ================================================================== info
+    def known_users(self) -> list[object]:
+        """Every user id the engine knows (fitted and observed), in the order it numbered them."""
+        with self._lock.read():
+            return self._require().user_ids.ids.tolist()
+
     @property
     def n_users(self) -> int:
         """Users the engine knows (fitted and observed)."""
