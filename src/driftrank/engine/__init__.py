@@ -3,6 +3,7 @@
 from driftrank.engine._config import EncoderConfig, EngineConfig
 from driftrank.engine._engine import Engine, RankResult
 from driftrank.engine._explain import Explanation
+from driftrank.engine._export import WriteSummary, write_rankings
 from driftrank.engine._llm_stage import LLMStageConfig
 from driftrank.engine._malloc import tune_malloc
 
@@ -13,5 +14,7 @@ __all__ = [
     "Explanation",
     "LLMStageConfig",
     "RankResult",
+    "WriteSummary",
     "tune_malloc",
+    "write_rankings",
 ]
