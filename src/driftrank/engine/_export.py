@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ["WriteSummary", "read_user_ids", "write_rankings"]
 
 # Written into every output folder, so that a later run knows it may replace it.
-_MARKER = "_DRIFTRANK_RANKINGS"
+MARKER = "_DRIFTRANK_RANKINGS"
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def write_rankings(
     if str(out).strip() == "" or target.resolve() == Path(target.resolve().anchor):
         raise DataError(f"out must name a file or folder to create, got {str(out)!r}")
     as_csv = target.suffix.lower() == ".csv"
-    _check_replaceable(target, as_csv)
+    check_replaceable(target, as_csv)
     if users is None:
         users = engine.known_users()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -80,7 +80,7 @@ def write_rankings(
     try:
         if not as_csv:
             tmp.mkdir(parents=True)
-            (tmp / _MARKER).write_text("rankings written by driftrank\n", encoding="utf-8")
+            (tmp / MARKER).write_text("rankings written by driftrank\n", encoding="utf-8")
         else:
             tmp.parent.mkdir(parents=True, exist_ok=True)
         chunks = engine.rank_tables(
@@ -94,7 +94,7 @@ def write_rankings(
                     table.write_parquet(tmp / f"part-{parts:05d}.parquet")
                 rows += table.height
                 parts += 1
-        _replace(tmp, target)
+        replace_output(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise
@@ -103,7 +103,7 @@ def write_rankings(
     return WriteSummary(len(users), rows, seconds, target, parts)
 
 
-def _check_replaceable(target: Path, as_csv: bool) -> None:
+def check_replaceable(target: Path, as_csv: bool) -> None:
     """Refuse to replace anything but an earlier output of :func:`write_rankings`."""
     if not target.exists() and not target.is_symlink():
         return
@@ -117,14 +117,14 @@ def _check_replaceable(target: Path, as_csv: bool) -> None:
                 f"out {target} exists and is not a rankings CSV; remove it or choose another path"
             )
         return
-    if not target.is_dir() or not (target / _MARKER).is_file():
+    if not target.is_dir() or not (target / MARKER).is_file():
         raise DataError(
             f"out {target} exists and is not a rankings folder written by driftrank; remove it or "
             "choose another path"
         )
 
 
-def _replace(tmp: Path, target: Path) -> None:
+def replace_output(tmp: Path, target: Path) -> None:
     """Move ``tmp`` onto ``target`` (a folder is swapped through a side name, then removed)."""
     if tmp.is_dir() and target.is_dir():
         old = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
