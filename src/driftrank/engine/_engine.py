@@ -19,7 +19,14 @@ import scipy.sparse as sp
 
 from driftrank.data import Dataset, IdMap
 from driftrank.engine._config import EngineConfig
-from driftrank.errors import ConfigError, DataError, NotFittedError, UnknownIdError
+from driftrank.errors import (
+    ConfigError,
+    DataError,
+    DriftrankError,
+    ModelFileError,
+    NotFittedError,
+    UnknownIdError,
+)
 from driftrank.types import Candidates, Ranking
 
 log = logging.getLogger(__name__)
@@ -1153,31 +1160,50 @@ class Engine:
             return np.asarray(self._interest.interest.trajectory(u, t))
 
     # ================================================================== persistence
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, key: bytes | str | None = None) -> Path:
         """Save to folder ``path`` atomically (JSON manifest + ``.npz`` arrays, no pickle).
 
+        ``path`` must be new, an empty folder, or a model saved before (which is replaced in
+        one step, so a concurrent :meth:`load` sees the old model or the new one); a file or a
+        folder holding anything else raises :class:`~driftrank.errors.ModelFileError` and is
+        left as it was. ``key`` (bytes or str, kept secret) signs the model with an
+        HMAC-SHA256 that ``load(path, key=...)`` checks; see ``docs/robustness.md``.
+
         The re-ranker's part holds every stored user's encoded latest history (64 floats per
-        user by default), so that :meth:`load` serves them without encoding them again."""
+        user by default), so that :meth:`load` serves them without encoding them again.
+        Returns the absolute folder path."""
         from driftrank.engine._persist import save_bundle
         from driftrank.engine._state import engine_components
 
         with self._lock.read():
-            return save_bundle(path, self.config.to_dict(), engine_components(self))
+            return save_bundle(path, self.config.to_dict(), engine_components(self), key=key)
 
     @classmethod
-    def load(cls, path: str | Path, *, llm: Any = None) -> Engine:
-        """Load a folder written by :meth:`save`, verifying checksums and versions. The loaded
+    def load(cls, path: str | Path, *, llm: Any = None, key: bytes | str | None = None) -> Engine:
+        """Load a folder written by :meth:`save`, verifying checksums, array shapes and versions
+        (and with ``key``, refusing a model not signed with that key). The loaded
         engine ranks exactly as the saved one, with every user's encoded history in place
         (folders saved before these were stored load too; their users are encoded on request).
 
         An engine with an LLM stage reloads its base model from ``config.llm.reranker.model``
         (then the saved adapter and projection on top); ``llm`` gives a re-ranker around a
-        model you built instead, as for the constructor."""
+        model you built instead, as for the constructor. Anything wrong with the folder
+        raises :class:`~driftrank.errors.ModelFileError`."""
         from driftrank.engine._persist import load_bundle
         from driftrank.engine._state import restore_engine
 
-        manifest, components = load_bundle(path)
-        return restore_engine(cls, manifest, components, llm=llm)
+        manifest, components = load_bundle(path, key=key)
+        try:
+            return restore_engine(cls, manifest, components, llm=llm)
+        except DriftrankError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            # The files are intact (checksums passed) but disagree with each other or with the
+            # config: a hand-edited manifest, or parts written by an incompatible version.
+            raise ModelFileError(
+                f"{path}: the model's parts do not fit together ({type(exc).__name__}: {exc}); "
+                "re-save it with this driftrank"
+            ) from exc
 
 
 # ---------------------------------------------------------------------- helpers
