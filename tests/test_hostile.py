@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import small_engine_config
 from driftrank.engine._persist import _canonical, load_bundle, save_bundle
-from driftrank.errors import ConfigError, DriftrankError, ModelFileError
+from driftrank.errors import ConfigError, DataError, DriftrankError, ModelFileError
 
 
 def _stamped(v: int) -> tuple[dict, dict]:
@@ -226,3 +227,173 @@ def test_hmac_key_signs_and_refuses(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="non-empty"):
         save_bundle(tmp_path / "k", *_stamped(1), key=b"")
     assert not (tmp_path / "k").exists()
+
+
+# ====================================================================== the engine
+@pytest.fixture(scope="module")
+def text_id_engine(tmp_path_factory: pytest.TempPathFactory):
+    """A small engine whose user and item ids are short strings ("u7", "i12"), saved once; each
+    test loads its own copy."""
+    import polars as pl
+
+    from driftrank.data import Dataset, make_drifting
+    from driftrank.engine import Engine
+
+    base = make_drifting(n_users=40, n_items=60, n_topics=3, events_per_user=(6, 10), seed=3)
+    inter = base.interactions
+    frame = pl.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in inter["user"].to_list()],
+            "item_id": [f"i{i}" for i in inter["item"].to_list()],
+            "timestamp": inter["timestamp"],
+        }
+    )
+    items = pl.DataFrame(
+        {"item_id": [f"i{i}" for i in range(base.n_items)], "title": base.items["title"].to_list()}
+    )
+    engine = Engine(small_engine_config()).fit(Dataset.from_frames(frame, items))
+    path = tmp_path_factory.mktemp("engine") / "model"
+    engine.save(path)
+    return path
+
+
+def _fresh(path: Path):  # -> Engine
+    from driftrank.engine import Engine
+
+    return Engine.load(path)
+
+
+def _snapshot(engine) -> tuple:
+    st = engine._state
+    return (
+        engine.n_users,
+        engine.n_items,
+        st.user_ids.ids.tolist(),
+        st.item_ids.ids.tolist(),
+        st.log.to_arrays()["items"].tolist(),
+        float(st.popularity.sum()),
+        engine.rank("u0", k=5).item_ids.tolist(),
+    )
+
+
+def test_text_ids_are_never_cut_short(text_id_engine: Path) -> None:
+    engine = _fresh(text_id_engine)
+    t = float(engine.history("u0")["timestamp"].max()) + 60
+    assert engine.add_items([{"item_id": "new-sku-12345", "title": "A heist in space"}]) == 1
+    assert "new-sku-12345" in engine._state.item_ids
+    assert engine.observe([("alice-the-long-named", "new-sku-12345", t)]) == 1
+    assert engine.history("alice-the-long-named")["item_id"].to_list() == ["new-sku-12345"]
+    assert "ali" not in engine._state.user_ids
+    before = _snapshot(engine)
+    with pytest.raises(DriftrankError, match="not in the catalog"):
+        engine.observe([("bob-also-long", "no-such-item", t)])
+    assert _snapshot(engine) == before
+    # A catalog of text ids keeps digit ids as written.
+    engine.add_items([{"item_id": "007", "title": "A spy film"}])
+    assert "007" in engine._state.item_ids.ids.tolist()
+
+
+def test_hostile_ids_are_refused_and_change_nothing(text_id_engine: Path) -> None:
+    from driftrank.errors import UnknownIdError
+
+    engine = _fresh(text_id_engine)
+    t = float(engine.history("u0")["timestamp"].max()) + 60
+    before = _snapshot(engine)
+    for user, message in [
+        (True, "boolean"),
+        ("x" * 1_000_000, "too long"),
+        ("u0\0", "NUL"),
+        (1.5, "float"),
+        (float("inf"), "float"),
+        (["u0"], "list"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            engine.observe([(user, "i1", t)])
+        with pytest.raises(DataError, match=message):
+            engine.rank(user)
+        assert _snapshot(engine) == before
+    with pytest.raises(UnknownIdError, match="unknown user id 'nobody'"):
+        engine.rank("nobody")
+    for bad_t in (1e300, float("nan"), 1.6e12, "yesterday", True, 10**400):
+        with pytest.raises(DataError, match="timestamp of event 0"):
+            engine.observe([("u1", "i1", bad_t)])
+        assert _snapshot(engine) == before
+    with pytest.raises(DataError, match="milliseconds"):
+        engine.rank("u0", at=1.6e12)
+    for item_id in (True, "i1", "bad\0id", "x" * 2000):
+        with pytest.raises(DataError):
+            engine.add_items([{"item_id": item_id, "title": "x"}])
+        assert _snapshot(engine) == before
+    # A new user's history with a refused filter registers nobody.
+    with pytest.raises(DataError, match="filter must be"):
+        engine.rank("newcomer", history=["i1", "i2"], filter=42)  # type: ignore[arg-type]
+    assert "newcomer" not in engine._state.user_ids
+    assert _snapshot(engine) == before
+
+
+def test_integer_ids_refuse_text_booleans_and_overflow(small_drifting, tmp_path: Path) -> None:
+    from driftrank.engine import Engine
+
+    engine = Engine(small_engine_config()).fit(small_drifting)
+    t = float(engine.history(1)["timestamp"].max()) + 60
+    with pytest.raises(DataError, match="boolean True"):
+        engine.rank(True)
+    assert engine.rank(1).user == 1
+    assert engine.rank(np.int64(1)).user == 1
+    before = (engine.n_users, engine.rank(1).item_ids.tolist())
+    for user, message in [("alice", "integers, got the string 'alice'"), (2**70, "64-bit")]:
+        with pytest.raises(DataError, match=message):
+            engine.observe([(user, 0, t)])
+    for item_id in ("new-sku-12345", 2**70):
+        with pytest.raises(DataError, match=r"integers, got the string|does not fit a 64-bit"):
+            engine.add_items([{"item_id": item_id, "title": "x"}])
+    assert (engine.n_users, engine.rank(1).item_ids.tolist()) == before
+    assert engine.observe([(10**18 + 7, 0, t), (10**18 + 8, 0, t)]) == 2  # big ints stay distinct
+    assert engine.n_users == before[0] + 2
+    p = engine.save(tmp_path / "m")
+    assert Engine.load(p).rank(10**18 + 7).item_ids.tolist() == engine.rank(10**18 + 7).item_ids.tolist()
+
+
+def test_requests_beyond_the_catalog_and_empty_batches(text_id_engine: Path) -> None:
+    engine = _fresh(text_id_engine)
+    assert engine.rank_batch([]) == []
+    r = engine.rank("u0", k=10**9)
+    assert 0 < len(r) <= engine.n_items
+    seen = set(engine.history("u0")["item_id"].to_list())
+    by_text = engine.rank("u0", text="haunted crypt", at=2e9)
+    assert not seen & set(by_text.item_ids.tolist())
+    assert by_text.at == pytest.approx(2e9)
+    with_seen = engine.rank("u0", text="haunted crypt", exclude_seen=False, k=engine.n_items)
+    assert seen <= set(with_seen.item_ids.tolist())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seed": "a"}, "seed must be an integer"),
+        ({"seed": 2**70}, "seed must be an integer"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_engine_config_seed_is_checked(changes: dict, message: str) -> None:
+    from driftrank.engine import EngineConfig
+
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig(**changes)
+
+
+def test_engine_save_refuses_and_signs(text_id_engine: Path, tmp_path: Path) -> None:
+    from driftrank.engine import Engine
+
+    engine = _fresh(text_id_engine)
+    own = tmp_path / "photos"
+    own.mkdir()
+    (own / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(ModelFileError, match="not a driftrank model"):
+        engine.save(own)
+    assert (own / "cat.jpg").read_bytes() == b"\xff\xd8"
+    p = engine.save(tmp_path / "signed", key="k1")
+    again = Engine.load(p, key="k1")
+    assert again.rank("u3").item_ids.tolist() == engine.rank("u3").item_ids.tolist()
+    with pytest.raises(ModelFileError, match="HMAC"):
+        Engine.load(p, key="k2")

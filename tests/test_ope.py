@@ -424,6 +424,9 @@ def test_obd_loader_reports_bad_files(tmp_path: Path, monkeypatch):
         "bad_click": ([_row(click=2)], "click must be 0 or 1"),
         "bad_time": ([_row(timestamp="yesterday")], "timestamp"),
         "zero_position": ([_row(position=0)], "1-based"),
+        "text_position": ([_row(position="top")], "'position' must hold an integer, got 'top' at data row 1"),
+        "fraction_position": ([_row(position=1.5)], "'position' must hold an integer, got 1.5 at data row 1"),
+        "text_click": ([_row(click="yes")], "'click' must hold a number, got 'yes' at data row 1"),
     }
     for name, (rows, msg) in cases.items():
         with pytest.raises(DataError, match=msg):
