@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from conftest import small_engine_config
 from driftrank.engine._persist import _canonical, load_bundle, save_bundle
@@ -397,3 +399,273 @@ def test_engine_save_refuses_and_signs(text_id_engine: Path, tmp_path: Path) -> 
     assert again.rank("u3").item_ids.tolist() == engine.rank("u3").item_ids.tolist()
     with pytest.raises(ModelFileError, match="HMAC"):
         Engine.load(p, key="k2")
+
+
+# ====================================================================== the file loaders
+def _not_a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
+
+
+# Text ids that no reader could take for numbers (float-looking ids such as "1.0" are read as
+# the integers they hold, by design), and integers on both sides of the int64 range.
+_id_text = st.text(
+    alphabet=st.characters(categories=["L", "N"], include_characters="-_.:@"), min_size=1, max_size=12
+).filter(_not_a_number)
+_id_int = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(
+    min_value=2**63, max_value=10**22
+)
+
+
+def _write(path: Path, header: list[str], rows: list[list[object]], sep: str = ",") -> Path:
+    path.write_text("\n".join(sep.join(str(c) for c in r) for r in [header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ids=st.lists(_id_int | _id_text, min_size=2, max_size=12, unique_by=str),
+    sep=st.sampled_from([",", "\t", ";", "|"]),
+)
+def test_loaded_ids_are_never_merged_or_changed(tmp_path: Path, ids: list[object], sep: str) -> None:
+    from driftrank.data import load_interactions
+
+    f = _write(
+        tmp_path / f"ids{abs(hash((tuple(map(str, ids)), sep)))}.csv",
+        ["user_id", "item_id", "timestamp"],
+        [[u, "x", 1000 + j] for j, u in enumerate(ids)],
+        sep,
+    )
+    ds = load_interactions(f, sep=sep)
+    assert ds.n_users == len(ids)  # nothing merged
+    loaded = {str(x) for x in ds.user_ids.ids.tolist()}
+    assert {str(x) for x in ids} == loaded  # nothing changed (integers as integers or as text)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seconds=st.lists(st.integers(min_value=10**8, max_value=2 * 10**9), min_size=2, max_size=8),
+    unit=st.sampled_from([1, 1000, 10**6, 10**9]),
+    odd=st.integers(min_value=0, max_value=7),
+)
+def test_time_units_are_read_per_column_and_mixtures_refused(
+    tmp_path: Path, seconds: list[int], unit: int, odd: int
+) -> None:
+    from driftrank.data import load_interactions
+
+    rows = [[1, j, s * unit] for j, s in enumerate(seconds)]
+    f = _write(tmp_path / f"t{unit}.csv", ["user_id", "item_id", "timestamp"], rows)
+    ds = load_interactions(f)
+    got = sorted(ds.interactions["timestamp"].to_list())
+    assert got == pytest.approx(sorted(float(s) for s in seconds), rel=1e-12)
+    # One row in another unit: refused, naming that row.
+    j = odd % len(seconds)
+    rows[j][2] = seconds[j] * (unit * 1000 if unit < 10**9 else 1)
+    if unit == 10**9:
+        rows[j][2] = seconds[j]
+    f = _write(tmp_path / f"t{unit}m.csv", ["user_id", "item_id", "timestamp"], rows)
+    with pytest.raises(DataError, match=rf"mixes time units: .*data row {j + 1 if j else 2}"):
+        load_interactions(f)
+
+
+@pytest.mark.parametrize(
+    ("stamps", "message"),
+    [
+        (["1600000000", "2020-09-13T12:26:40"], "mixes numeric and date-string timestamps.*data row 2"),
+        (["2020-09-13", "1600000000"], "mixes numeric and date-string timestamps.*data row 2"),
+        (["01/02/2023", "03/04/2023"], "day/month or as month/day"),
+        (["13/02/2023", "02/13/2023"], "day-first dates .* and month-first dates"),
+        (["1600000000", "1600000000000"], "mixes time units.*data row 2"),
+        (["inf", "1"], "non-finite timestamp at data row 1"),
+    ],
+)
+def test_ambiguous_or_mixed_timestamps_are_refused(tmp_path: Path, stamps: list[str], message: str) -> None:
+    from driftrank.data import load_interactions
+
+    f = _write(
+        tmp_path / "t.csv", ["user_id", "item_id", "timestamp"], [[1, j, s] for j, s in enumerate(stamps)]
+    )
+    with pytest.raises(DataError, match=message):
+        load_interactions(f)
+
+
+def test_slash_dates_follow_the_order_the_data_shows(tmp_path: Path) -> None:
+    from driftrank.data import load_interactions
+
+    day_first = _write(
+        tmp_path / "d.csv", ["user_id", "item_id", "timestamp"], [[1, 1, "01/02/2023"], [1, 2, "25/12/2023"]]
+    )
+    month_first = _write(
+        tmp_path / "m.csv", ["user_id", "item_id", "timestamp"], [[1, 1, "01/02/2023"], [1, 2, "12/25/2023"]]
+    )
+    feb_1, jan_2 = 1675209600.0, 1672617600.0
+    assert load_interactions(day_first).interactions["timestamp"].min() == pytest.approx(feb_1)
+    assert load_interactions(month_first).interactions["timestamp"].min() == pytest.approx(jan_2)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    title=st.text(
+        alphabet=st.characters(codec="utf-8", exclude_characters=',\n\r"\0'), min_size=1, max_size=20
+    ).filter(str.strip)
+)
+def test_utf8_round_trips_and_a_stray_byte_is_refused(tmp_path: Path, title: str) -> None:
+    from driftrank.data import load_interactions
+
+    inter = _write(tmp_path / "i.csv", ["user_id", "item_id", "timestamp"], [[1, 1, 100], [1, 2, 200]])
+    items = tmp_path / "items.csv"
+    body = f"item_id,title\n1,Café Society\n2,{title}\n".encode()
+    items.write_bytes(body)
+    ds = load_interactions(inter, items)
+    assert ds.items["title"].to_list() == ["Café Society", title.strip()]
+    items.write_bytes(body + b"3,Caf\xe9 latin-1\n")
+    with pytest.raises(DataError, match="line 4 has byte 0xe9 that is not UTF-8"):
+        load_interactions(inter, items)
+
+
+def test_latin1_files_still_load(tmp_path: Path) -> None:
+    from driftrank.data import load_interactions
+
+    inter = _write(tmp_path / "i.csv", ["user_id", "item_id", "timestamp"], [[1, 1, 100]])
+    items = tmp_path / "items.csv"
+    items.write_bytes("item_id,title\n1,Café Society\n".encode("latin-1"))
+    assert load_interactions(inter, items).items["title"].to_list() == ["Café Society"]
+
+
+def test_pandas_frames_mixing_id_types_are_refused() -> None:
+    pd = pytest.importorskip("pandas")
+    from driftrank.data import Dataset
+
+    frame = pd.DataFrame({"user_id": [1, "two", 3], "item_id": [1, 2, 3], "timestamp": [1.0, 2.0, 3.0]})
+    with pytest.raises(
+        DataError, match="column 'user_id' mixes value types: data row 1 holds a number, data row 2 a str"
+    ):
+        Dataset.from_frames(frame)
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["inf", "1"], "below 2"),
+        (["1e30", "1"], "below 2"),
+        (["a\0", "a"], "NUL"),
+        (["x" * 2000, "y"], "at most 1024"),
+    ],
+)
+def test_hostile_id_cells_are_refused(tmp_path: Path, ids: list[str], message: str) -> None:
+    from driftrank.data import load_interactions
+
+    f = tmp_path / "i.csv"
+    f.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},1,{j}\n" for j, u in enumerate(ids)))
+    with pytest.raises(DataError, match=message):
+        load_interactions(f)
+
+
+def test_big_integer_ids_stay_distinct(tmp_path: Path) -> None:
+    from driftrank.data import load_interactions
+
+    f = tmp_path / "i.csv"
+    nineteen = ["1234567890123456789", "1234567890123456788"]
+    twenty = ["12345678901234567890", "12345678901234567891"]
+    f.write_text(
+        "user_id,item_id,timestamp\n" + "".join(f"{u},{i},1\n" for u, i in zip(nineteen, twenty, strict=True))
+    )
+    ds = load_interactions(f)
+    assert ds.user_ids.ids.tolist() == [int(x) for x in nineteen]
+    assert ds.item_ids.ids.tolist() == twenty  # beyond int64: kept exactly, as text
+
+
+# ====================================================================== the command line
+def test_cli_refuses_bad_bench_arguments_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from driftrank.cli import main
+
+    existing = tmp_path / "results.txt"
+    existing.write_text("earlier results")
+    assert main(["bench", "--dataset", "synthetic", "--seed", "-1", "--quiet"]) == 2
+    assert "error: seed must be an integer in [0, 2**31), got -1" in capsys.readouterr().err
+    assert main(["bench", "--dataset", "synthetic", "--out", str(existing), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "must name a folder" in err and "Traceback" not in err
+    assert existing.read_text() == "earlier results"
+
+
+# ====================================================================== engine call sequences
+# Valid values are drawn about as often as hostile ones, so that a hostile value often meets
+# otherwise valid arguments (the case where a call used to get half way before failing).
+_users = st.sampled_from(["u0", "u5", "newbie", "a-user-id-longer-than-any-seen-at-fit"]) | st.sampled_from(
+    [True, 1.5, "x\0", "z" * 2000]
+)
+_items = st.sampled_from(["i0", "i3", "i59"]) | st.sampled_from(["new-sku-12345", "nope", False])
+_times = st.just("next") | st.sampled_from([1e300, float("nan"), 1.6e12, -1.0, "noon"])
+_ks = st.sampled_from([1, 5, 10**9, 0, -3, True, 2.5])
+_ops = st.one_of(
+    st.tuples(st.just("observe"), _users, _items, _times),
+    st.tuples(st.just("rank"), _users, _ks),
+    st.tuples(
+        st.just("add_items"),
+        st.sampled_from(["new-sku-12345", "sku-2", "i0", True, "q\0"]),
+        st.sampled_from(["A heist", ""]),
+    ),
+    st.tuples(st.just("rank_batch"), st.lists(_users, max_size=3)),
+    st.tuples(st.just("save_load"), st.sampled_from(["", "/", "."])),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(_ops, min_size=1, max_size=6))
+# The failures this suite was written for, always run besides what hypothesis draws:
+@example(ops=[("observe", "u0", "i0", 1e300), ("rank", "u0", 5)])
+@example(ops=[("observe", "u0", "i3", 1.6e12), ("rank", "u5", 10**9), ("rank_batch", [])])
+@example(
+    ops=[
+        ("add_items", "new-sku-12345", "A heist"),
+        ("observe", "newbie", "new-sku-12345", "next"),
+        ("save_load", ""),
+    ]
+)
+@example(ops=[("observe", "a-user-id-longer-than-any-seen-at-fit", "nope", "next"), ("rank", True, 5)])
+def test_engine_survives_any_sequence_of_calls(text_id_engine: Path, ops: list[tuple]) -> None:
+    import tempfile
+
+    from driftrank.engine import Engine
+
+    engine = _fresh(text_id_engine)
+    clock = float(engine._state.log.to_arrays()["times"].max()) + 60
+    with tempfile.TemporaryDirectory() as tmp:
+        for j, op in enumerate(ops):
+            before = _snapshot(engine)
+            try:
+                if op[0] == "observe":
+                    _, user, item, t = op
+                    if t == "next":
+                        clock += 60
+                        t = clock
+                    engine.observe([(user, item, t)])
+                elif op[0] == "rank":
+                    r = engine.rank(op[1], k=op[2])
+                    assert 0 < len(r) <= min(op[2], engine.n_items)
+                elif op[0] == "add_items":
+                    engine.add_items([{"item_id": op[1], "title": op[2]}])
+                elif op[0] == "rank_batch":
+                    assert len(engine.rank_batch(op[1])) == len(op[1])
+                else:
+                    engine.save(op[1])  # odd paths: refused
+            except DriftrankError:
+                assert _snapshot(engine) == before, f"refused call {op} changed the engine"
+            if op[0] == "save_load":
+                engine = Engine.load(engine.save(Path(tmp) / f"m{j}"))
+                assert _snapshot(engine) == before
+        users = [
+            u
+            for u in ("u0", "u5", "newbie", "a-user-id-longer-than-any-seen-at-fit")
+            if u in engine._state.user_ids
+        ]
+        again = Engine.load(engine.save(Path(tmp) / "final"))
+        for a, b in zip(engine.rank_batch(users), again.rank_batch(users), strict=True):
+            assert a.item_ids.tolist() == b.item_ids.tolist()
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
