@@ -669,3 +669,38 @@ def test_engine_survives_any_sequence_of_calls(text_id_engine: Path, ops: list[t
         for a, b in zip(engine.rank_batch(users), again.rank_batch(users), strict=True):
             assert a.item_ids.tolist() == b.item_ids.tolist()
             np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+# ====================================================================== cached data sets
+def test_truncated_data_in_the_cache_is_refused(
+    tmp_path: Path, data_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from driftrank.data import load_dataset
+
+    monkeypatch.delenv("DRIFTRANK_DATA_HOME", raising=False)
+    monkeypatch.setenv("DRIFTRANK_CACHE", str(tmp_path))
+    folder = tmp_path / "ml-latest-small"
+    shutil.copytree(data_home / "ml-latest-small", folder)
+    ratings = folder / "ratings.csv"
+    ratings.chmod(0o644)
+    lines = ratings.read_bytes().splitlines(keepends=True)
+    ratings.write_bytes(b"".join(lines[: len(lines) // 2]))  # cut at a line end: every row still parses
+    with pytest.raises(
+        DataError, match=r"ratings\.csv: \d+ bytes, but the official ml-latest-small file has 2483723"
+    ):
+        load_dataset("ml-latest-small", download=False)
+
+
+def test_downloaded_files_are_checked_against_their_record(tmp_path: Path) -> None:
+    from driftrank.data._download import _record_files, check_files
+
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t2\t3\t881250949\n1\t3\t4\t881250950\n")
+    _record_files(folder)
+    check_files("ml-100k", folder, in_cache=True)  # as downloaded: the record matches
+    (folder / "u.data").write_text("1\t2\t3\t881250949\n")
+    with pytest.raises(DataError, match="changed since it was downloaded"):
+        check_files("ml-100k", folder, in_cache=False)
