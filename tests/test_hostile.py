@@ -704,3 +704,39 @@ def test_downloaded_files_are_checked_against_their_record(tmp_path: Path) -> No
     (folder / "u.data").write_text("1\t2\t3\t881250949\n")
     with pytest.raises(DataError, match="changed since it was downloaded"):
         check_files("ml-100k", folder, in_cache=False)
+
+
+def test_engine_parts_that_do_not_fit_together_are_refused(text_id_engine: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from driftrank.engine import Engine
+
+    def copy(name: str) -> Path:
+        p = tmp_path / name
+        shutil.copytree(text_id_engine, p)
+        return p
+
+    # The config no longer asks for a component the folder holds (checksum resealed by hand).
+    p = copy("config")
+    _reseal(p, lambda m: {**m, "config": {**m["config"], "interest": None}})
+    with pytest.raises(ModelFileError, match="component 'interest' unexpected"):
+        Engine.load(p)
+    # The core arrays come from a model with another catalog: shapes disagree with the manifest.
+    p = copy("arrays")
+    data = (p / "core.npz").read_bytes()
+    with np.load(io.BytesIO(data)) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["popularity"] = arrays["popularity"][:-1]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (p / "core.npz").write_bytes(buf.getvalue())
+
+    def edit(m: dict) -> dict:
+        core = m["components"]["core"]
+        core["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        core["shapes"]["popularity"] = list(arrays["popularity"].shape)
+        return m
+
+    _reseal(p, edit)
+    with pytest.raises(ModelFileError, match="'popularity' has shape"):
+        Engine.load(p)
