@@ -740,3 +740,18 @@ def test_engine_parts_that_do_not_fit_together_are_refused(text_id_engine: Path,
     _reseal(p, edit)
     with pytest.raises(ModelFileError, match="'popularity' has shape"):
         Engine.load(p)
+
+
+def test_loading_by_path_where_folder_handles_are_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftrank.engine import _persist
+
+    monkeypatch.setattr(_persist, "_DIR_FD", False)  # as on Windows
+    p = save_bundle(tmp_path / "m", *_stamped(3))
+    assert load_bundle(p)[0]["config"] == {"v": 3}
+    (p / "b.npz").write_bytes((p / "b.npz").read_bytes()[:-8])
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_bundle(p)
+    with pytest.raises(ModelFileError, match="no such folder"):
+        load_bundle(tmp_path / "absent")

@@ -290,7 +290,18 @@ def load_bundle(
     raise ModelFileError(f"{d}: the model kept changing while it was read (concurrent saves); try again")
 
 
+# Where files cannot be opened relative to a folder handle (Windows), a load reads by path:
+# every file is still checked against the manifest read first, so a concurrent save makes the
+# load fail cleanly rather than mix two models.
+_DIR_FD = os.open in os.supports_dir_fd
+
+
 def _open_dir(d: Path) -> int:
+    """A handle on folder ``d`` (``-1`` where handles are not used, see ``_DIR_FD``)."""
+    if not _DIR_FD:
+        if not d.is_dir():
+            raise ModelFileError(f"{d}: not a driftrank model folder (no such folder)")
+        return -1
     try:
         return os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except (FileNotFoundError, NotADirectoryError):
@@ -310,6 +321,8 @@ def _siblings(d: Path) -> list[Path]:
 
 def _still_there(d: Path, fd: int) -> bool:
     """Whether ``d`` still names the folder open as ``fd``."""
+    if fd < 0:
+        return True
     try:
         a, b = os.stat(d), os.fstat(fd)
     except OSError:
@@ -320,7 +333,8 @@ def _still_there(d: Path, fd: int) -> bool:
 def _read_member(d: Path, fd: int, name: str, limit: int | None = None) -> bytes:
     """All bytes of file ``name`` in the folder open as ``fd``."""
     try:
-        f = os.open(name, os.O_RDONLY, dir_fd=fd)
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+        f = os.open(name, flags, dir_fd=fd) if fd >= 0 else os.open(d / name, flags)
     except FileNotFoundError:
         if not _still_there(d, fd):
             raise _SwappedError from None
@@ -392,7 +406,8 @@ def _load_once(d: Path, kind: str, key: bytes | None) -> tuple[dict[str, Any], d
             components[name] = (entry["config"], arrays)
         return manifest, components
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _parse_manifest(mpath: Path, text: bytes, kind: str) -> dict[str, Any]:
