@@ -755,3 +755,20 @@ def test_loading_by_path_where_folder_handles_are_unavailable(
         load_bundle(p)
     with pytest.raises(ModelFileError, match="no such folder"):
         load_bundle(tmp_path / "absent")
+
+
+def test_save_under_a_file_or_a_new_user_ranked_before_their_history_change_nothing(
+    text_id_engine: Path, tmp_path: Path
+) -> None:
+    engine = _fresh(text_id_engine)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ModelFileError, match="cannot write a model there"):
+        engine.save(blocker / "model")
+    with pytest.raises(ModelFileError, match="a file, not a folder"):
+        load_bundle(blocker)
+    before = _snapshot(engine)
+    with pytest.raises(DataError, match="before the latest event of the history"):
+        engine.rank("late-comer", history=[("i1", 2e9)], at=1e9)
+    assert "late-comer" not in engine._state.user_ids
+    assert _snapshot(engine) == before

@@ -770,6 +770,11 @@ class Engine:
                 )
             # Checked before the user is registered, so that a refused call registers nobody.
             self._check_rank_args(candidates, filter)
+            if at is not None and len(times) and float(times.max()) > float(at):
+                raise DataError(
+                    f"at={float(at):.0f} is before the latest event of the history ({float(times.max()):.0f}); "
+                    "rank at or after it"
+                )
             self.observe(
                 [(user, i, t) for i, t in zip(st.item_ids.ids[items].tolist(), times.tolist(), strict=True)]
             )

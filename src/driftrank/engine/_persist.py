@@ -214,8 +214,11 @@ def save_bundle(
     """
     key_b = _key_bytes(key)
     target = _check_target(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    except OSError as exc:
+        raise ModelFileError(f"{target}: cannot write a model there ({exc})") from None
     try:
         entries = {}
         for name, (cfg, arrays) in components.items():
@@ -260,6 +263,14 @@ def save_bundle(
             fh.flush()
             os.fsync(fh.fileno())
         _swap_in(tmp, target)
+    except ModelFileError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:  # disk full, permissions, ...: nothing at target changed
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelFileError(
+            f"{target}: the model could not be written ({exc}); nothing was replaced"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -307,7 +318,8 @@ def _open_dir(d: Path) -> int:
     except (FileNotFoundError, NotADirectoryError):
         if any(p.name.startswith(f".{d.name}.old-") for p in _siblings(d)):
             raise _SwappedError from None  # between the two renames of a save without exchange
-        raise ModelFileError(f"{d}: not a driftrank model folder (no such folder)") from None
+        what = "a file, not a folder" if d.is_file() else "no such folder"
+        raise ModelFileError(f"{d}: not a driftrank model folder ({what})") from None
     except OSError as exc:
         raise ModelFileError(f"{d}: cannot open the model folder ({exc})") from None
 
