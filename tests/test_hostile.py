@@ -772,3 +772,28 @@ def test_save_under_a_file_or_a_new_user_ranked_before_their_history_change_noth
         engine.rank("late-comer", history=[("i1", 2e9)], at=1e9)
     assert "late-comer" not in engine._state.user_ids
     assert _snapshot(engine) == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    old=st.lists(
+        st.text(min_size=1, max_size=3).filter(lambda s: "\0" not in s), min_size=1, max_size=5, unique=True
+    ),
+    new=st.lists(
+        st.text(min_size=1, max_size=40).filter(lambda s: "\0" not in s), min_size=1, max_size=5, unique=True
+    ),
+    ints=st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), min_size=1, max_size=6, unique=True),
+)
+def test_vocabularies_keep_every_id_whole(old: list[str], new: list[str], ints: list[int]) -> None:
+    from driftrank.data import IdMap
+
+    grown = IdMap(np.array(old, dtype=str), "item").extend(new)
+    expected = list(dict.fromkeys([*old, *new]))
+    assert grown.ids.tolist() == expected  # nothing cut to the width of the old ids
+    for j, raw in enumerate(expected):
+        assert grown.index(raw) == grown.index(np.str_(raw)) == j
+    nums = IdMap(np.array(ints, dtype=np.int64), "user")
+    for j, raw in enumerate(ints):
+        assert nums.index(raw) == nums.index(np.int64(raw)) == nums.index(str(raw)) == j
+        with pytest.raises(DataError, match="boolean"):
+            nums.get(bool(raw % 2))

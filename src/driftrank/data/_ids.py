@@ -60,7 +60,7 @@ class IdMap:
     given, as do strings with NUL characters or longer than :data:`MAX_ID_CHARS`.
     """
 
-    __slots__ = ("_ids", "_lookup", "kind")
+    __slots__ = ("_ids", "_int", "_lookup", "kind")
 
     def __init__(self, ids: Sequence[Any] | np.ndarray, kind: str = "item") -> None:
         arr = np.asarray(ids)
@@ -80,6 +80,7 @@ class IdMap:
                 arr = np.array([str(x) for x in checked], dtype=str) if checked else arr.astype(str)
         self._ids = arr
         self._ids.setflags(write=False)
+        self._int = arr.dtype.kind == "i"
         self.kind = kind
         self._lookup: dict[Any, int] = {v: i for i, v in enumerate(arr.tolist())}
         if len(self._lookup) != len(arr):
@@ -93,7 +94,7 @@ class IdMap:
     @property
     def is_integer(self) -> bool:
         """Whether the raw ids are integers."""
-        return self._ids.dtype.kind == "i"
+        return self._int
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -105,6 +106,14 @@ class IdMap:
         """The lookup key of ``raw``: an int for an integer vocabulary (digit strings too, as
         the loaders read them), a string otherwise. Raises :class:`DataError` for what cannot
         be an id at all."""
+        # Fast path for the common case (exactly int or str, already valid): no checks to run.
+        t = type(raw)
+        if t is int and self._int:
+            return raw
+        if t is str and not self._int:
+            text = str(raw)  # the same object
+            if len(text) <= MAX_ID_CHARS and "\0" not in text:
+                return text
         v = check_raw_id(raw, self.kind)
         if self.is_integer:
             if isinstance(v, str) and v.strip().lstrip("-").isdigit():
