@@ -82,6 +82,12 @@ def test_save_replaces_a_model_or_an_empty_folder(tmp_path: Path) -> None:
     save_bundle(empty, *_stamped(2))
     assert load_bundle(empty)[0]["config"] == {"v": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    # Files someone added to a model folder are not the model's to replace.
+    (empty / "notes.md").write_text("why this model")
+    with pytest.raises(ModelFileError, match=r"also files that are not part of it \(notes\.md\)"):
+        save_bundle(empty, *_stamped(3))
+    assert (empty / "notes.md").read_text() == "why this model"
+    assert load_bundle(empty)[0]["config"] == {"v": 2}
 
 
 def _saver(path: str, n: int) -> None:

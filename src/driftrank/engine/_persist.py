@@ -6,8 +6,9 @@ anything; object arrays are refused at save time and at load time.
 
 What is protected, and against what:
 
-- **Nothing is destroyed.** ``save`` replaces only an existing driftrank model (or an empty
-  folder); a regular file, a link, or a folder holding anything else is refused.
+- **Nothing is destroyed.** ``save`` replaces only an existing driftrank model holding
+  nothing but its own files (or an empty folder); a regular file, a link, or a folder holding
+  anything else is refused.
 - **Atomic replacement.** The new model is written into a temporary sibling folder and swapped
   in with one rename (``renameat2(RENAME_EXCHANGE)`` on Linux, so the path never stops being a
   complete model; two renames elsewhere). Concurrent saves to one path each swap in their own
@@ -100,15 +101,22 @@ def _hmac(key: bytes, body: dict[str, Any]) -> str:
     return hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
 
 
-def _is_model_folder(d: Path) -> bool:
-    """Whether ``d`` holds a driftrank model manifest (of any kind or version)."""
+def _model_files(d: Path) -> set[str] | None:
+    """The files of the driftrank model in ``d`` (manifest and component files, of any kind
+    or version), or ``None`` when ``d`` holds no readable driftrank manifest."""
     try:
         with open(d / MANIFEST, "rb") as fh:
             text = fh.read(_MAX_MANIFEST_BYTES + 1)
         manifest = json.loads(text.decode("utf-8"))
     except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    comps = manifest.get("components")
+    files = {MANIFEST}
+    if isinstance(comps, dict):
+        files |= {str(e.get("file")) for e in comps.values() if isinstance(e, dict)}
+    return files
 
 
 def _check_target(path: str | os.PathLike[str]) -> Path:
@@ -133,12 +141,21 @@ def _check_target(path: str | os.PathLike[str]) -> Path:
             entries = sorted(p.name for p in target.iterdir())
         except OSError as exc:
             raise ModelFileError(f"{target}: cannot inspect the existing folder ({exc})") from None
-        if entries and not _is_model_folder(target):
-            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-            raise ModelFileError(
-                f"{target} is an existing folder that is not a driftrank model (it holds {shown}); "
-                "refusing to replace it: save to a new or empty folder, or to an existing model"
-            )
+        if entries:
+            files = _model_files(target)
+            if files is None:
+                shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+                raise ModelFileError(
+                    f"{target} is an existing folder that is not a driftrank model (it holds {shown}); "
+                    "refusing to replace it: save to a new or empty folder, or to an existing model"
+                )
+            extra = [e for e in entries if e not in files]
+            if extra:
+                shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+                raise ModelFileError(
+                    f"{target} holds a driftrank model and also files that are not part of it ({shown}); "
+                    "refusing to replace them: move them out, or save to another folder"
+                )
     return target
 
 
