@@ -120,6 +120,8 @@ def test_rejection_replay_needs_a_uniform_log():
     assert names == ["ips", "snips", "dr"]
 
 
+# A three-round hand log shows few (action, slot) pairs: its policies lie partly outside it.
+@pytest.mark.filterwarnings("ignore::driftrank.errors.OverlapWarning")
 def test_positions_use_the_distribution_of_the_logged_slot():
     log = make_log([0, 1, 1], [1, 1, 0], [0.5, 0.5, 0.5], n_actions=2, positions=[0, 1, 0], n_positions=2)
     dist = np.zeros((3, 2, 2))
@@ -424,6 +426,9 @@ def test_obd_loader_reports_bad_files(tmp_path: Path, monkeypatch):
         "bad_click": ([_row(click=2)], "click must be 0 or 1"),
         "bad_time": ([_row(timestamp="yesterday")], "timestamp"),
         "zero_position": ([_row(position=0)], "1-based"),
+        "text_position": ([_row(position="top")], "'position' must hold an integer, got 'top' at data row 1"),
+        "fraction_position": ([_row(position=1.5)], "'position' must hold an integer, got 1.5 at data row 1"),
+        "text_click": ([_row(click="yes")], "'click' must hold a number, got 'yes' at data row 1"),
     }
     for name, (rows, msg) in cases.items():
         with pytest.raises(DataError, match=msg):
@@ -452,3 +457,25 @@ def test_obd_validation_estimates_cover_the_bts_on_policy_rate(tmp_path: Path, d
             assert 0.002 < r["value"] < 0.008
             assert abs(r["vs"]["bts"]["z"]) < 1.96
     assert (tmp_path / "ope.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_estimates_outside_the_logs_support_warn_and_say_so():
+    import warnings
+
+    from driftrank.errors import OverlapWarning
+
+    rng = np.random.default_rng(0)
+    n = 400
+    actions = rng.integers(0, 2, n)  # the logger only ever shows actions 0 and 1 of 3
+    log = make_log(actions, rng.integers(0, 2, n), np.full(n, 0.5), n_actions=3)
+    off = np.tile([0.25, 0.25, 0.5], (n, 1))
+    for estimator in (ips, snips, doubly_robust):
+        with pytest.warns(OverlapWarning, match=r"50\.0% of its probability .* never shows"):
+            e = estimator(log, off)
+        assert e.details["unsupported_mass"] == pytest.approx(0.5)
+        assert e.details["unsupported_rounds"] == pytest.approx(1.0)
+    inside = np.tile([0.3, 0.7, 0.0], (n, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverlapWarning)
+        for estimator in (ips, snips, doubly_robust):
+            assert estimator(log, inside).details["unsupported_mass"] == pytest.approx(0.0)

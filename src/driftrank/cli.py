@@ -260,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DriftrankError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the command cannot read or write: say which, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

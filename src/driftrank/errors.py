@@ -9,6 +9,7 @@ __all__ = [
     "DriftrankError",
     "ModelFileError",
     "NotFittedError",
+    "OverlapWarning",
     "UnknownIdError",
 ]
 
@@ -42,3 +43,9 @@ class NotFittedError(DriftrankError, RuntimeError):
 
 class ModelFileError(DriftrankError, OSError):
     """A saved model is missing, tampered with or written by an incompatible version."""
+
+
+class OverlapWarning(UserWarning):
+    """An off-policy estimate rests on actions the logging policy never took: the evaluation
+    policy puts probability on (action, slot) pairs absent from the log, whose rewards no
+    importance weight can recover, so the estimate is biased and its interval too narrow."""

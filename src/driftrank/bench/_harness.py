@@ -206,6 +206,23 @@ def _latencies(ranker: Any, split: Split, n: int, k: int) -> np.ndarray:
     return np.asarray(out)
 
 
+def _check_bench_args(
+    seed: object, out: str | os.PathLike[str] | None, save_predictions: str | os.PathLike[str] | None
+) -> None:
+    """Refuse, before any fitting, a seed the generators cannot take or an output path that
+    names an existing file (results go into a folder)."""
+    from driftrank.errors import ConfigError
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
+        raise ConfigError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+    if out is not None and os.path.lexists(out) and not Path(out).is_dir():
+        raise ConfigError(
+            f"out must name a folder for the results (bench --out), got the existing file {out}"
+        )
+    if save_predictions is not None and Path(save_predictions).is_dir():
+        raise ConfigError(f"save_predictions must name a file, got the folder {save_predictions}")
+
+
 def run_benchmark(
     dataset: Dataset,
     specs: Sequence[PipelineSpec],
@@ -238,6 +255,7 @@ def run_benchmark(
     """
     from driftrank._progress import bar as progress_bar
 
+    _check_bench_args(seed, out, save_predictions)
     data, split = prepare_split(dataset, protocol)
     result = BenchResult(dataset=data.describe(), protocol=protocol, seed=seed)
     result.dataset["n_test_users"] = len(split.test)

@@ -311,10 +311,36 @@ def _to_polars(frame: Any, source: str) -> pl.DataFrame:
         return frame.collect()
     mod = type(frame).__module__
     if mod.startswith("pandas"):
-        return pl.from_pandas(frame)
+        return _from_pandas(frame, source)
     if isinstance(frame, dict):
         return pl.DataFrame(frame)
     raise DataError(f"{source}: expected a polars or pandas DataFrame, got {type(frame).__name__}")
+
+
+def _from_pandas(frame: Any, source: str) -> pl.DataFrame:
+    """A polars copy of a pandas frame; an object column mixing kinds of values (ints and
+    strings, say) is refused naming its first odd row, rather than left to a converter."""
+    for col in frame.columns:
+        if frame[col].dtype != object:
+            continue
+        kinds: dict[str, int] = {}
+        for row, v in enumerate(frame[col].tolist(), start=1):
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            kind = "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+            kinds.setdefault(kind, row)
+            if len(kinds) > 1:
+                (k0, r0), (k1, r1) = sorted(kinds.items(), key=lambda kv: kv[1])
+                raise DataError(
+                    f"{source}: column {col!r} mixes value types: data row {r0} holds a {k0}, data row "
+                    f"{r1} a {k1}; convert the column to one type (e.g. .astype(str))"
+                )
+    try:
+        return pl.from_pandas(frame)
+    except Exception as exc:  # pyarrow/polars raise many types for unconvertible columns
+        raise DataError(
+            f"{source}: the pandas frame cannot be converted ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _index_interactions(inter: pl.DataFrame, user_ids: IdMap, item_ids: IdMap) -> pl.DataFrame:

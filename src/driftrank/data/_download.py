@@ -51,6 +51,24 @@ REMOTES: dict[str, Remote] = {
 }
 
 
+# Written into a downloaded folder: size and SHA-256 of every file unpacked from the archive
+# that passed its checksum, so that a later load can tell the files are still those.
+CHECKED = ".driftrank-checked.json"
+
+# Sizes in bytes of files of the official GroupLens releases, to check data placed in the cache
+# by hand (no record of a download): a truncated or edited copy is refused, not loaded partially.
+RELEASE_SIZES: dict[str, dict[str, int]] = {
+    "ml-100k": {"u.data": 1979173},
+    "ml-1m": {"ratings.dat": 24594131},
+    "ml-latest-small": {
+        "ratings.csv": 2483723,
+        "movies.csv": 494431,
+        "tags.csv": 118660,
+        "links.csv": 197979,
+    },
+}
+
+
 def cache_dir() -> Path:
     """``$DRIFTRANK_CACHE``, else ``$XDG_CACHE_HOME/driftrank``, else ``~/.cache/driftrank``."""
     if os.environ.get(ENV_CACHE):
@@ -96,10 +114,61 @@ def download(name: str, dest_root: Path, *, timeout: float = 60.0) -> Path:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
         unpacked = Path(tmp) / remote.folder
+        _record_files(unpacked)
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)
     return target
+
+
+def _record_files(folder: Path) -> None:
+    import json
+
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": file_digest(p, "sha256")}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != CHECKED
+    }
+    (folder / CHECKED).write_text(json.dumps(files, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def check_files(name: str, folder: Path, *, in_cache: bool) -> None:
+    """Raise :class:`DataError` if ``folder``'s files are not those that were checked.
+
+    A folder written by :func:`download` is checked against its record (size and SHA-256 of
+    every file). A folder in the cache without a record (placed there by hand) is checked
+    against the known sizes of the official release's files. Anywhere else, files without a
+    record are the user's own and are only validated row by row as they are read."""
+    import json
+
+    record = folder / CHECKED
+    if record.is_file():
+        try:
+            files = json.loads(record.read_text(encoding="utf-8"))
+            expected = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in files.items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DataError(f"{record}: unreadable record of the downloaded files ({exc})") from None
+        for fname, (size, digest) in expected.items():
+            f = folder / fname
+            if not f.is_file():
+                raise DataError(
+                    f"{f}: missing from the downloaded {name}; delete {folder} to download it again"
+                )
+            if f.stat().st_size != size or file_digest(f, "sha256") != digest:
+                raise DataError(
+                    f"{f}: changed since it was downloaded and checked ({f.stat().st_size} bytes, expected "
+                    f"{size}, or other content); delete {folder} to download it again"
+                )
+        return
+    if not in_cache:
+        return
+    for fname, size in RELEASE_SIZES.get(name, {}).items():
+        f = folder / fname
+        if f.is_file() and f.stat().st_size != size:
+            raise DataError(
+                f"{f}: {f.stat().st_size} bytes, but the official {name} file has {size}; it is truncated or "
+                f"not the official release. Delete {folder} to download it again, or pass data_home= for your own copy"
+            )
 
 
 def resolve(
@@ -122,9 +191,11 @@ def resolve(
     elif os.environ.get(ENV_DATA_HOME):
         candidates.append(Path(os.environ[ENV_DATA_HOME]) / name)
     candidates.append(cache_dir() / name)
+    cached = cache_dir() / name
     for c in candidates:
         tried.append(str(c))
         if c.is_dir() and has_files(c):
+            check_files(name, c, in_cache=c == cached)
             return c
     if path is not None:
         raise DataNotFoundError(f"data set {name!r}: no {name} files in {path} (looked in {tried})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -13,6 +14,8 @@ import polars as pl
 
 from driftrank.data._dataset import Catalog, Dataset, MissingItemPolicy
 from driftrank.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Header names recognised without a mapping, lower-cased with "_", "-" and " " removed.
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -115,11 +118,7 @@ def read_table(path: str | os.PathLike[str], *, sep: str | None = None) -> pl.Da
             return pl.read_parquet(p)
         except Exception as exc:
             raise DataError(f"{p}: not a readable Parquet file ({exc})") from None
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = _decode(p, p.read_bytes())
     head = "\n".join(text.splitlines()[:20])
     if not head.strip():
         raise DataError(f"{p}: the file is empty")
@@ -153,6 +152,26 @@ def read_table(path: str | os.PathLike[str], *, sep: str | None = None) -> pl.Da
     if not has_header:
         frame.columns = [f"column_{i}" for i in range(frame.width)]
     return frame
+
+
+def _decode(p: Path, raw: bytes) -> str:
+    """The file's text: UTF-8 (a byte-order mark is dropped), or Latin-1 for a file with no
+    UTF-8 multi-byte character at all (older data sets such as MovieLens 100K). A UTF-8 file
+    with a few bytes that are not UTF-8 is refused naming the line, not re-read as Latin-1
+    (which would garble every accented character of it)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_at = exc.start
+    lenient = raw.decode("utf-8", errors="replace")
+    if any(ord(c) > 127 and c != "\ufffd" for c in lenient):
+        line = raw.count(b"\n", 0, bad_at) + 1
+        raise DataError(
+            f"{p}: line {line} has byte 0x{raw[bad_at]:02x} that is not UTF-8, while the rest of the file "
+            "is UTF-8; fix that line or re-save the file as UTF-8"
+        ) from None
+    log.info("%s: not UTF-8; read as Latin-1", p)
+    return raw.decode("latin-1")
 
 
 def _is_number(cell: str) -> bool:

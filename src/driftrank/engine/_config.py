@@ -121,6 +121,9 @@ class EncoderConfig:
             raise ConfigError(f"encoder batch_size must be a positive integer, got {self.batch_size!r}")
 
 
+_MAX_SEED = 2**31
+
+
 def _retrieval_defaults() -> Any:
     from driftrank.retrieval import ALSConfig
 
@@ -214,6 +217,10 @@ class EngineConfig:
             for c in ("als", "bpr", "lightfm", "covisit", "popularity", "interest")
         ):
             raise ConfigError("EngineConfig needs at least one retrieval channel")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < _MAX_SEED:
+            # Each component's own seed is shifted by this one, and some (ALS, numpy's legacy
+            # generator) take seeds below 2**32: half that range leaves room for the shift.
+            raise ConfigError(f"EngineConfig.seed must be an integer in [0, 2**31), got {self.seed!r}")
         if (
             isinstance(self.n_candidates, bool)
             or not isinstance(self.n_candidates, int)

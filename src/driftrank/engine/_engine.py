@@ -21,7 +21,14 @@ from driftrank._progress import FitStages
 from driftrank.data import Dataset, IdMap
 from driftrank.engine._config import EngineConfig
 from driftrank.engine._result import TableFormat
-from driftrank.errors import ConfigError, DataError, NotFittedError, UnknownIdError
+from driftrank.errors import (
+    ConfigError,
+    DataError,
+    DriftrankError,
+    ModelFileError,
+    NotFittedError,
+    UnknownIdError,
+)
 from driftrank.types import Candidates, Ranking
 
 log = logging.getLogger(__name__)
@@ -698,6 +705,7 @@ class Engine:
         call."""
         from driftrank.fusion import rank_candidates
 
+        k = min(k, len(self._require().item_ids))  # more than the catalog cannot be ranked
         cands = self._candidates(users, at, exclude=exclude)
         if only is not None:
             cands = _only_items(cands, only, exclude)
@@ -764,7 +772,9 @@ class Engine:
                 raise DataError(f"text must be a non-empty string, got {text!r}")
             if history is not None:
                 raise DataError("give either history or text, not both")
-            return self._rank_text(text, k, user=user, filter=filter, candidates=candidates)
+            return self._rank_text(
+                text, k, user=user, filter=filter, candidates=candidates, at=at, exclude_seen=exclude_seen
+            )
         with self._lock.read():
             st = self._require()
             u = st.user_ids.get(user) if user is not None else -1
@@ -780,6 +790,13 @@ class Engine:
             if user is None:
                 raise DataError(
                     "an anonymous history needs a user id to register it under: rank(user='new-id', history=[...])"
+                )
+            # Checked before the user is registered, so that a refused call registers nobody.
+            self._check_rank_args(candidates, filter)
+            if at is not None and len(times) and float(times.max()) > float(at):
+                raise DataError(
+                    f"at={float(at):.0f} is before the latest event of the history ({float(times.max()):.0f}); "
+                    "rank at or after it"
                 )
             self.observe(
                 [(user, i, t) for i, t in zip(st.item_ids.ids[items].tolist(), times.tolist(), strict=True)]
@@ -821,8 +838,13 @@ class Engine:
             raise DataError(f"workers must be a positive integer, got {workers!r}")
         if isinstance(users, (str, bytes)) or not isinstance(users, Sequence):
             raise DataError(f"users must be a sequence of user ids, got {type(users).__name__}")
+        if at is not None and (isinstance(at, (str, bytes)) or not isinstance(at, Sequence)):
+            raise DataError(f"at must be a sequence of times (one per user), got {type(at).__name__}")
         if at is not None and len(at) != len(users):
             raise DataError(f"at must have one time per user ({len(users)}), got {len(at)}")
+        if not users:
+            self._require()
+            return []
         at_list: list[float | None] = list(at) if at is not None else [None] * len(users)
         with self._lock.read():
             st = self._require()
@@ -968,6 +990,20 @@ class Engine:
                 )
             return out
 
+    def _check_rank_args(self, candidates: Iterable[object] | None, filt: object) -> None:
+        """Raise what ``_keep_fn`` and ``_candidate_items`` would, without visiting the catalog."""
+        if (
+            filt is not None
+            and not callable(filt)
+            and (not isinstance(filt, Collection) or isinstance(filt, (str, bytes)))
+        ):
+            raise DataError(
+                f"filter must be a predicate on item ids or a collection of item ids, got {type(filt).__name__}"
+            )
+        if candidates is not None:
+            with self._lock.read():
+                self._candidate_items(candidates)
+
     def _candidate_items(self, candidates: Iterable[object]) -> np.ndarray:
         """Distinct item indices of raw ``candidates`` (every one must be in the catalog)."""
         if isinstance(candidates, (str, bytes)):
@@ -1030,10 +1066,22 @@ class Engine:
         return np.array(items, dtype=np.int64), np.array(times, dtype=np.float64)
 
     def _rank_text(
-        self, text: str, k: int, *, user: object | None, filter: Any, candidates: Any
+        self,
+        text: str,
+        k: int,
+        *,
+        user: object | None,
+        filter: Any,
+        candidates: Any,
+        at: float | None = None,
+        exclude_seen: bool = True,
     ) -> RankResult:
+        """Items nearest to ``text``, blended with popularity; a known ``user``'s seen items are
+        left out with ``exclude_seen``; ``at`` (checked) is reported as the ranking time."""
+        when = _check_time(at, "at") if at is not None else float(time.time())
         with self._lock.read():
             st = self._require()
+            u = st.user_ids.get(user) if user is not None else -1
             q = self._get_encoder().encode([text]).astype(np.float32)
             sims = (st.item_vectors @ q[0]).astype(np.float64)
             pop = np.log1p(st.popularity)
@@ -1043,6 +1091,8 @@ class Engine:
             keep = self._keep_fn(candidates, filter)
             if keep is not None:
                 score = np.where(keep(np.arange(len(score))), score, -np.inf)
+            if u >= 0 and exclude_seen:
+                score[st.log.user(u)[0]] = -np.inf
             order = np.argsort(-score, kind="stable")[:k]
             order = order[np.isfinite(score[order])]
             titles = self._titles(st)
@@ -1052,7 +1102,7 @@ class Engine:
                 items=order.astype(np.int64),
                 scores=score[order].astype(np.float32),
                 titles=[titles[i] for i in order.tolist()],
-                at=float(time.time()),
+                at=when,
                 _explained=_BatchExplanations.ready(
                     {
                         "text": ((1 - w) * sims[order]).astype(np.float32),
@@ -1089,11 +1139,14 @@ class Engine:
                     stacklevel=2,
                 )
             ok = item_idx >= 0
-            st.user_ids = st.user_ids.extend([u for u, keep in zip(users_raw, ok, strict=True) if keep])
-            user_idx = st.user_ids.indices([u for u, keep in zip(users_raw, ok, strict=True) if keep])
+            # Every id is checked (type, length, fit to the vocabulary) before anything changes:
+            # a refused call leaves the engine as it was.
+            users_map = st.user_ids.extend([u for u, keep in zip(users_raw, ok, strict=True) if keep])
+            user_idx = users_map.indices([u for u, keep in zip(users_raw, ok, strict=True) if keep])
             t = np.asarray(times, dtype=np.float64)[ok]
             items = item_idx[ok]
             order = np.argsort(t, kind="stable")
+            st.user_ids = users_map
             self._observe_indices(user_idx[order], items[order], t[order])
             return int(ok.sum())
 
@@ -1111,28 +1164,44 @@ class Engine:
         from driftrank.data._dataset import _to_polars
         from driftrank.data._validate import normalise_items
 
-        frame = (
-            items
-            if isinstance(items, pl.DataFrame)
-            else (pl.DataFrame(items) if isinstance(items, list) else _to_polars(items, "items"))
-        )
+        if isinstance(items, list):
+            if not all(isinstance(x, dict) for x in items):
+                raise DataError("add_items: expected a frame or a list of dicts (item_id, title/text, ...)")
+            try:
+                frame = pl.DataFrame(items)
+            except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError) as exc:
+                raise DataError(f"add_items: the items cannot form a table ({exc})") from None
+        else:
+            frame = items if isinstance(items, pl.DataFrame) else _to_polars(items, "items")
         new = normalise_items(frame, source="add_items")
         with self._lock.write():
             st = self._require()
-            dup = [x for x in new["item_id"].to_list() if x in st.item_ids]
+            raw_ids = new["item_id"].to_list()
+            if not st.item_ids.is_integer and frame["item_id"].dtype == pl.String:
+                # A catalog of text ids keeps new ids as written ("007" stays "007", where
+                # the file loaders read a column of digits as integers).
+                raw_ids = frame["item_id"].str.strip_chars().to_list()
+            dup = [x for x in raw_ids if x in st.item_ids]
             if dup:
                 raise DataError(f"add_items: item {dup[0]!r} is already in the catalog")
             texts = new["text"].to_list()
             if any(not t.strip() for t in texts):
                 raise DataError("add_items: every new item needs a non-empty title or text")
+            # Everything new is built aside first (ids checked against the catalog's kind, texts
+            # embedded), then swapped in: a refused call leaves the catalog as it was.
+            item_ids = st.item_ids.extend(raw_ids)
             vecs = self._encode(texts)
             n_new = new.height
             old_n = len(st.item_ids)
-            st.item_ids = st.item_ids.extend(new["item_id"].to_list())
             table = new.with_columns(
-                pl.Series("item", np.arange(old_n, old_n + n_new, dtype=np.int32))
-            ).with_columns(pl.col("item_id").cast(st.items["item_id"].dtype, strict=False))
-            st.items = pl.concat([st.items, table.select(st.items.columns)], how="vertical_relaxed")
+                pl.Series("item", np.arange(old_n, old_n + n_new, dtype=np.int32)),
+                pl.Series("item_id", item_ids.ids[old_n:]),
+            )
+            items_table = pl.concat([st.items, table.select(st.items.columns)], how="vertical_relaxed")
+            if items_table["item_id"].to_list()[old_n:] != item_ids.ids[old_n:].tolist():
+                raise DataError("add_items: the new item ids do not survive in the catalog table")
+            st.item_ids = item_ids
+            st.items = items_table
             st.item_vectors = np.vstack([st.item_vectors, vecs])
             st.popularity = np.concatenate([st.popularity, np.zeros(n_new)])
             st.first_seen = np.concatenate([st.first_seen, np.full(n_new, np.nan)])
@@ -1247,31 +1316,50 @@ class Engine:
             return np.asarray(self._interest.interest.trajectory(u, t))
 
     # ================================================================== persistence
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, key: bytes | str | None = None) -> Path:
         """Save to folder ``path`` atomically (JSON manifest + ``.npz`` arrays, no pickle).
 
+        ``path`` must be new, an empty folder, or a model saved before (which is replaced in
+        one step, so a concurrent :meth:`load` sees the old model or the new one); a file or a
+        folder holding anything else raises :class:`~driftrank.errors.ModelFileError` and is
+        left as it was. ``key`` (bytes or str, kept secret) signs the model with an
+        HMAC-SHA256 that ``load(path, key=...)`` checks; see ``docs/robustness.md``.
+
         The re-ranker's part holds every stored user's encoded latest history (64 floats per
-        user by default), so that :meth:`load` serves them without encoding them again."""
+        user by default), so that :meth:`load` serves them without encoding them again.
+        Returns the absolute folder path."""
         from driftrank.engine._persist import save_bundle
         from driftrank.engine._state import engine_components
 
         with self._lock.read():
-            return save_bundle(path, self.config.to_dict(), engine_components(self))
+            return save_bundle(path, self.config.to_dict(), engine_components(self), key=key)
 
     @classmethod
-    def load(cls, path: str | Path, *, llm: Any = None) -> Engine:
-        """Load a folder written by :meth:`save`, verifying checksums and versions. The loaded
+    def load(cls, path: str | Path, *, llm: Any = None, key: bytes | str | None = None) -> Engine:
+        """Load a folder written by :meth:`save`, verifying checksums, array shapes and versions
+        (and with ``key``, refusing a model not signed with that key). The loaded
         engine ranks exactly as the saved one, with every user's encoded history in place
         (folders saved before these were stored load too; their users are encoded on request).
 
         An engine with an LLM stage reloads its base model from ``config.llm.reranker.model``
         (then the saved adapter and projection on top); ``llm`` gives a re-ranker around a
-        model you built instead, as for the constructor."""
+        model you built instead, as for the constructor. Anything wrong with the folder
+        raises :class:`~driftrank.errors.ModelFileError`."""
         from driftrank.engine._persist import load_bundle
         from driftrank.engine._state import restore_engine
 
-        manifest, components = load_bundle(path)
-        return restore_engine(cls, manifest, components, llm=llm)
+        manifest, components = load_bundle(path, key=key)
+        try:
+            return restore_engine(cls, manifest, components, llm=llm)
+        except DriftrankError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            # The files are intact (checksums passed) but disagree with each other or with the
+            # config: a hand-edited manifest, or parts written by an incompatible version.
+            raise ModelFileError(
+                f"{path}: the model's parts do not fit together ({type(exc).__name__}: {exc}); "
+                "re-save it with this driftrank"
+            ) from exc
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1417,18 +1505,34 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
+# Times at or beyond this many seconds from 1970 (the year 5138) are refused: they are
+# milliseconds or finer (which the file loaders convert by column, but one number cannot say
+# which it is), or garbage that would overflow the time-gap features.
+_MAX_SECONDS = 1e11
+
+
 def _check_time(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DataError(f"{what} must be unix seconds (a number), got {value!r}")
-    v = float(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{what} must be unix seconds (a number), got {value!r:.80}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        v = math.inf
     if not math.isfinite(v):
-        raise DataError(f"{what} must be a finite number of unix seconds, got {value!r}")
+        raise DataError(f"{what} must be a finite number of unix seconds, got {value!r:.80}")
+    if abs(v) >= _MAX_SECONDS:
+        raise DataError(
+            f"{what} must be unix seconds (below {_MAX_SECONDS:.0e} in magnitude), got {value!r:.80}; "
+            "a value this large is milliseconds or finer: divide it to seconds"
+        )
     return v
 
 
 def _events_to_lists(events: Any) -> tuple[list[object], list[object], list[float]]:
     if isinstance(events, pl.DataFrame) or type(events).__module__.startswith("pandas"):
-        frame = events if isinstance(events, pl.DataFrame) else pl.from_pandas(events)
+        from driftrank.data._dataset import _to_polars
+
+        frame = _to_polars(events, "events")
         missing = [c for c in ("user_id", "item_id", "timestamp") if c not in frame.columns]
         if missing:
             raise DataError(f"events frame is missing column(s) {missing}; found {frame.columns}")

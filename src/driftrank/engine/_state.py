@@ -93,6 +93,7 @@ def restore_engine(
             raise ModelFileError(
                 f"component {name!r} {'missing from' if wanted else 'unexpected in'} the model for its config"
             )
+    _check_core(core, core_cfg)
     try:
         years = core["years"].astype(np.int64)
         items = pl.DataFrame(
@@ -146,3 +147,49 @@ def restore_engine(
 
         engine._fuser = fuser_from_state(*components["fusion"])
     return engine
+
+
+def _check_core(core: dict[str, np.ndarray], core_cfg: dict[str, Any]) -> None:
+    """Refuse core arrays whose sizes disagree (a model assembled from parts of different ones)."""
+    need = (
+        "user_ids",
+        "item_ids",
+        "titles",
+        "texts",
+        "genres",
+        "tags",
+        "years",
+        "popularity",
+        "first_seen",
+        "item_vectors",
+        "log_indptr",
+        "log_items",
+        "log_times",
+    )
+    missing = [k for k in need if k not in core]
+    if missing:
+        raise ModelFileError(f"the model's core arrays lack {missing}")
+    n_items = len(core["item_ids"])
+    for k in ("titles", "texts", "genres", "tags", "years", "popularity", "first_seen", "item_vectors"):
+        if core[k].ndim < 1 or core[k].shape[0] != n_items:
+            raise ModelFileError(
+                f"the model's core array {k!r} has shape {core[k].shape}, expected {n_items} rows (one per item)"
+            )
+    indptr, items, times = core["log_indptr"], core["log_items"], core["log_times"]
+    n_users = len(core["user_ids"])
+    if indptr.shape != (n_users + 1,) or indptr.dtype.kind not in "iu" or items.dtype.kind not in "iu":
+        raise ModelFileError(
+            f"the model's event log has offsets of shape {indptr.shape} ({indptr.dtype}), expected "
+            f"({n_users + 1},) integers for {n_users} users"
+        )
+    if (
+        int(indptr[0]) != 0
+        or (np.diff(indptr) < 0).any()
+        or items.shape != times.shape
+        or items.shape != (int(indptr[-1]),)
+        or (len(items) and (int(items.min()) < 0 or int(items.max()) >= n_items))
+    ):
+        raise ModelFileError("the model's event log is inconsistent (offsets, items and times disagree)")
+    n_fit = core_cfg.get("n_fit_items")
+    if isinstance(n_fit, bool) or not isinstance(n_fit, int) or not 0 <= n_fit <= n_items:
+        raise ModelFileError(f"the model's n_fit_items is {n_fit!r}, expected an integer in 0..{n_items}")

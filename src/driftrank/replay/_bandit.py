@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -166,6 +166,23 @@ def _obd_home(data_home: str | os.PathLike[str] | None) -> Path:
     return Path(env) / "obd"
 
 
+def _numeric_column(df: Any, col: str, dtype: Any, path: Path) -> np.ndarray:
+    """Column ``col`` of polars frame ``df`` as ``dtype`` numbers; a value that is not one
+    (text, a fraction where an integer belongs) raises :class:`DataError` naming it and its row."""
+    import polars as pl
+
+    s = df[col]
+    out = s.cast(dtype, strict=False)
+    if dtype == pl.Int64 and s.dtype.is_float():
+        out = out.set(s != s.round(0), None)  # type: ignore[arg-type]
+    bad = out.is_null() & s.is_not_null()
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        kind = "an integer" if dtype == pl.Int64 else "a number"
+        raise DataError(f"{path}: column {col!r} must hold {kind}, got {s[row]!r} at data row {row + 1}")
+    return out.to_numpy()
+
+
 def load_obd(
     behavior: Behavior = "random",
     campaign: str = "all",
@@ -218,10 +235,10 @@ def load_obd(
                 f"{log_path}: column {c!r} has {nulls} empty value(s), first at data row {row + 1}"
             )
 
-    action_ids = np.sort(ctx["item_id"].cast(pl.Int64).to_numpy())
+    action_ids = np.sort(_numeric_column(ctx, "item_id", pl.Int64, ctx_path))
     if len(np.unique(action_ids)) != len(action_ids):
         raise DataError(f"{ctx_path}: duplicated item_id values")
-    raw_items = df["item_id"].cast(pl.Int64).to_numpy()
+    raw_items = _numeric_column(df, "item_id", pl.Int64, log_path)
     actions = np.searchsorted(action_ids, raw_items)
     bad = (actions >= len(action_ids)) | (action_ids[np.minimum(actions, len(action_ids) - 1)] != raw_items)
     if bad.any():
@@ -229,15 +246,15 @@ def load_obd(
         raise DataError(
             f"{log_path}: item_id {raw_items[row]} at data row {row + 1} is not in {ctx_path.name}"
         )
-    pos = df["position"].cast(pl.Int64).to_numpy()
+    pos = _numeric_column(df, "position", pl.Int64, log_path)
     if pos.min() < 1:
         row = int(np.argmin(pos))
         raise DataError(f"{log_path}: position must be 1-based, got {pos[row]} at data row {row + 1}")
-    click = df["click"].cast(pl.Float64).to_numpy()
+    click = _numeric_column(df, "click", pl.Float64, log_path)
     if not np.isin(click, (0.0, 1.0)).all():
         row = int(np.flatnonzero(~np.isin(click, (0.0, 1.0)))[0])
         raise DataError(f"{log_path}: click must be 0 or 1, got {click[row]} at data row {row + 1}")
-    prop = df["propensity_score"].cast(pl.Float64).to_numpy()
+    prop = _numeric_column(df, "propensity_score", pl.Float64, log_path)
     badp = ~((prop > 0) & (prop <= 1))
     if badp.any():
         row = int(np.flatnonzero(badp)[0])

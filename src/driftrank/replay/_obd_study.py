@@ -23,7 +23,7 @@ import numpy as np
 from driftrank._atomic import atomic_path
 from driftrank.errors import ConfigError
 from driftrank.replay._bandit import load_obd
-from driftrank.replay._ope import Estimate, evaluate_policy, on_policy
+from driftrank.replay._ope import OVERLAP_TOLERANCE, Estimate, evaluate_policy, on_policy
 from driftrank.replay._policies import action_distribution, ranking_policy, softmax_policy, uniform_policy
 from driftrank.replay._reward import LogisticRewardModel, MeanRewardModel, RewardModel
 
@@ -99,8 +99,15 @@ class ObdStudy:
             cov = self.covers(r)
             nrew = _clicks_used(e)
             ess = e.details.get("ess", e.details.get("n_accepted", float("nan")))
+            off = e.details.get("unsupported_mass", 0.0)
+            # An estimate resting partly on actions the log never shows is flagged in the table.
+            name = (
+                f"{e.estimator} (no overlap: {off:.0%} of the policy)"
+                if off > OVERLAP_TOLERANCE
+                else e.estimator
+            )
             lines.append(
-                f"| {r.target} | {r.log} | {e.estimator} | {e.value:.5f} | [{e.ci_low:.5f}, {e.ci_high:.5f}] | "
+                f"| {r.target} | {r.log} | {name} | {e.value:.5f} | [{e.ci_low:.5f}, {e.ci_high:.5f}] | "
                 f"{_int(nrew)}{' (few)' if nrew < FEW_CLICKS else ''} | {_int(ess)} | {r.truth or '-'} | "
                 f"{'-' if cov is None else ('yes' if cov else 'NO')} | "
                 f"{_z(r.vs['random'][1], nrew)} | {_z(r.vs['bts'][1], nrew)} |"

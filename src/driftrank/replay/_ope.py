@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -22,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from driftrank.errors import ConfigError, DataError
+from driftrank.errors import ConfigError, DataError, OverlapWarning
 from driftrank.replay._bandit import BanditLog
 from driftrank.replay._reward import MeanRewardModel, RewardModel
 
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 CI = Literal["normal", "bootstrap"]
+
+# A policy with more than this share of its probability outside the log's support is warned
+# about (OverlapWarning); the share is reported in every estimate's details either way.
+OVERLAP_TOLERANCE = 0.01
 EstimatorName = Literal["ips", "snips", "dr", "replay"]
 
 
@@ -122,6 +127,39 @@ def _weights(log: BanditLog, at: np.ndarray, clip: float | None) -> np.ndarray:
             raise ConfigError(f"clip must be positive or None, got {clip}")
         w = np.minimum(w, clip)
     return w
+
+
+def _support(log: BanditLog, at: np.ndarray, estimator: str) -> dict[str, float]:
+    """How much of the evaluation policy's probability falls on (action, slot) pairs that
+    never occur in the log: ``unsupported_mass`` (mean over rounds) and
+    ``unsupported_rounds`` (share of rounds with any). Warns (:class:`OverlapWarning`) above
+    :data:`OVERLAP_TOLERANCE`: no estimator sees those actions' rewards, so its interval is
+    narrower than its error."""
+    n = log.n_rounds
+    mass = np.zeros(n)
+    if n:
+        seen = np.zeros((log.n_actions, log.n_positions), dtype=bool)
+        seen[log.actions, log.positions] = True
+        for p in range(log.n_positions):
+            missing = np.flatnonzero(~seen[:, p])
+            if missing.size:
+                rows = np.flatnonzero(log.positions == p)
+                mass[rows] = at[np.ix_(rows, missing)].sum(axis=1)
+    out = {
+        "unsupported_mass": float(mass.mean()) if n else 0.0,
+        "unsupported_rounds": float((mass > 1e-12).mean()) if n else 0.0,
+    }
+    if out["unsupported_mass"] > OVERLAP_TOLERANCE:
+        warnings.warn(
+            OverlapWarning(
+                f"{estimator} on log {log.name!r}: the evaluation policy puts {out['unsupported_mass']:.1%} of its "
+                f"probability (in {out['unsupported_rounds']:.0%} of rounds) on actions the log never shows at "
+                "that slot; no estimator sees their rewards, so the estimate is biased and its interval too "
+                "narrow. Restrict the policy to logged actions or use a log that covers them"
+            ),
+            stacklevel=3,
+        )
+    return out
 
 
 def _diagnostics(w: np.ndarray, rewards: np.ndarray) -> dict[str, float]:
@@ -216,8 +254,10 @@ def ips(
     propensity; ``clip`` caps the weights (less variance, some bias).
     """
     _check_common(level, ci, n_boot)
-    w = _weights(log, slot_distribution(log, action_dist), clip)
-    return _mean_estimate("ips", w * log.rewards, level, ci, n_boot, seed, _diagnostics(w, log.rewards))
+    at = slot_distribution(log, action_dist)
+    w = _weights(log, at, clip)
+    details = {**_diagnostics(w, log.rewards), **_support(log, at, "ips")}
+    return _mean_estimate("ips", w * log.rewards, level, ci, n_boot, seed, details)
 
 
 def snips(
@@ -236,10 +276,11 @@ def snips(
     (``se = sqrt(sum w_i^2 (r_i - V)^2) / sum w_i``); the bootstrap recomputes the ratio.
     """
     _check_common(level, ci, n_boot)
-    w = _weights(log, slot_distribution(log, action_dist), None)
+    at = slot_distribution(log, action_dist)
+    w = _weights(log, at, None)
     r = log.rewards
     n = len(w)
-    details = _diagnostics(w, r)
+    details = {**_diagnostics(w, r), **_support(log, at, "snips")}
     if n == 0 or w.sum() <= 0:
         nan = float("nan")
         return Estimate("snips", nan, nan, nan, nan, n, level, ci, details)
@@ -301,7 +342,7 @@ def doubly_robust(
     w = _weights(log, at, None)
     direct = np.sum(at * q, axis=1)
     terms = direct + w * (log.rewards - q[rows, log.actions])
-    details = _diagnostics(w, log.rewards)
+    details = {**_diagnostics(w, log.rewards), **_support(log, at, "dr")}
     details["direct_method"] = float(direct.mean()) if n else float("nan")
     return _mean_estimate("dr", terms, level, ci, n_boot, seed, details)
 
@@ -363,6 +404,7 @@ def rejection_replay(
         "n_accepted": float(keep.sum()),
         "acceptance_rate": float(keep.mean()) if keep.size else 0.0,
         "n_rewarded": float(np.count_nonzero(log.rewards[keep])),
+        **_support(log, at, "replay"),
     }
     return Estimate(
         est.estimator, est.value, est.ci_low, est.ci_high, est.std_err, est.n_rounds, level, est.ci, details
