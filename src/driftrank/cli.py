@@ -113,6 +113,25 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
     engine = Engine.load(args.model)
     users = None if args.users in (None, "all") else read_user_ids(args.users, engine)
+    if args.ray is not None:
+        from driftrank.distributed import rank_all
+
+        del engine  # each Ray worker loads its own copy
+        summary = rank_all(
+            args.model,
+            args.out,
+            users,
+            k=args.k,
+            workers=args.workers,
+            chunk_size=args.chunk_size,
+            contributions=args.explain,
+            address=None if args.ray == "local" else args.ray,
+        )
+        print(
+            f"ranked {summary.users:,} users on Ray into {summary.rows:,} rows in {summary.seconds:.1f} s "
+            f"({summary.users_per_second:,.0f} users/s, start-up included); written to {summary.path}"
+        )
+        return 0
     summary = write_rankings(
         engine,
         args.out,
@@ -210,7 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--users", default="all", help="'all' (default) or a file with one user id per line")
     r.add_argument("--k", type=int, default=100, help="items per user (default 100)")
     r.add_argument("--out", required=True, help="output: a folder of Parquet parts, or a .csv file")
-    r.add_argument("--workers", type=int, default=1, help="parallel ranking threads (default 1)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel ranking threads, or Ray actors with --ray (default 1)",
+    )
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="rank on Ray Data: a local Ray with --workers CPUs, or join the cluster at ADDRESS "
+        "(the model and --out must be on a path every node shares; pip install 'driftrank[ray]')",
+    )
     r.add_argument("--chunk-size", type=int, default=4096, help="users ranked and written at a time")
     r.add_argument("--explain", action="store_true", help="add each signal's contribution to the score")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

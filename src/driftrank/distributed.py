@@ -114,6 +114,10 @@ def rank_all(
     chunks = [list(users[s : s + chunk_size]) for s in range(0, len(users), chunk_size)]
 
     start = time.perf_counter()
+    # Ray Data reports each run at INFO level; driftrank's callers asked for rankings, not that.
+    data_log = logging.getLogger("ray.data")
+    data_level = data_log.level
+    data_log.setLevel(max(data_level, logging.WARNING))
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {
@@ -128,13 +132,15 @@ def rank_all(
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ds = ray.data.from_arrow(pa.table({"users": chunks})).repartition(len(chunks))
+        # One block per chunk, so that the actors share the chunks without a repartition step
+        # (whose task would wait forever for a CPU that the actors hold).
+        ds = ray.data.from_arrow([pa.table({"users": [c]}) for c in chunks])
         ranked = ds.map_batches(
             actor,
             fn_constructor_kwargs={"model": str(model_path), "k": k, "contributions": contributions},
             batch_size=1,
             batch_format="pyarrow",
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
         )
         ranked.write_parquet(str(tmp))
@@ -148,6 +154,7 @@ def rank_all(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        data_log.setLevel(data_level)
         if started_here:
             ray.shutdown()
     seconds = time.perf_counter() - start
