@@ -3,7 +3,8 @@
 :func:`rank_all` runs :func:`driftrank.engine.write_rankings`' job as a Ray Data pipeline:
 chunks of user ids go in, a pool of actors (each loads the saved model once, with one torch
 and BLAS thread per CPU it holds) ranks one chunk per call, and Parquet parts come out. Without
-an ``address`` it starts a local Ray with ``workers`` CPUs; with one (``"auto"``,
+an ``address`` it starts a local Ray with ``workers + 1`` CPUs (one per actor, one for Ray Data's
+reading and writing); with one (``"auto"``,
 ``"ray://host:10001"``) it joins that cluster, whose every node must read the model folder and
 write the output folder (a shared path).
 
@@ -95,6 +96,7 @@ def rank_all(
         import pyarrow as pa
         import pyarrow.parquet as pq
         import ray
+        import ray.data
     except ImportError:
         raise ConfigError('rank_all needs Ray Data: pip install "driftrank[ray]"') from None
     from driftrank.engine import Engine
@@ -114,10 +116,6 @@ def rank_all(
     chunks = [list(users[s : s + chunk_size]) for s in range(0, len(users), chunk_size)]
 
     start = time.perf_counter()
-    # Ray Data reports each run at INFO level; driftrank's callers asked for rankings, not that.
-    data_log = logging.getLogger("ray.data")
-    data_level = data_log.level
-    data_log.setLevel(max(data_level, logging.WARNING))
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {
@@ -126,12 +124,16 @@ def rank_all(
             "logging_level": "WARNING",
         }
         if address is None:
-            kwargs["num_cpus"] = workers
+            # One CPU per actor, plus one for Ray Data's own read and write tasks: without it
+            # they wait for the actors' CPUs, and a step that cannot start hangs the job.
+            kwargs["num_cpus"] = workers + 1
         ray.init(address=address, **kwargs)
+    # Ray Data reports each run at INFO level (ray.init sets that up); callers asked for rankings.
+    data_log = logging.getLogger("ray.data")
+    data_level = data_log.level
+    data_log.setLevel(max(data_level, logging.WARNING))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
         # One block per chunk, so that the actors share the chunks without a repartition step
         # (whose task would wait forever for a CPU that the actors hold).
         ds = ray.data.from_arrow([pa.table({"users": [c]}) for c in chunks])
