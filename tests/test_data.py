@@ -286,3 +286,18 @@ def test_items_without_text_are_warned_about_once_with_what_to_pass() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # complete texts: nothing to say
         load_interactions(inter, pl.DataFrame({"item": ["a", "b"], "title": ["A", "B"]}))
+
+
+def test_ml1m_five_core_layout_loads_as_the_named_set(data_home: Path) -> None:
+    ds = load_dataset("ml-1m", data_home, download=False)
+    assert (ds.n_users, ds.n_items, ds.n_interactions) == (6040, 3416, 999_611)
+    assert ds.sequences.lengths().min() >= 18 and ds.users is not None
+    star_wars = ds.items.filter(pl.col("item_id") == 260)
+    assert star_wars["title"].item() == "Star Wars: Episode IV - A New Hope (1977)"
+    assert "Sci-Fi" in star_wars["genres"].item().to_list()
+    from driftrank.data._movielens import ML1M_OCCUPATIONS
+
+    assert set(ds.users["occupation"].unique().to_list()) <= set(ML1M_OCCUPATIONS)
+    # Events keep each user's order as distributed: times never go back within a user.
+    items, times = ds.sequences.user(0)
+    assert len(items) == len(times) and bool((np.diff(times) >= 0).all())

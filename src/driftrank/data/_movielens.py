@@ -121,8 +121,16 @@ def load_ml100k(path: Path, name: str = "ml-100k") -> Dataset:
     return Dataset.from_frames(inter, items, users, name=name, source=str(path), items_source=str(path))
 
 
+def _has_ml1m(p: Path) -> bool:
+    return _has("ratings.dat", "movies.dat")(p) or _has("interactions.tsv", "items.tsv")(p)
+
+
 def load_ml1m(path: Path, name: str = "ml-1m") -> Dataset:
-    """MovieLens 1M from the official ``ratings.dat/movies.dat/users.dat`` (``::``-separated)."""
+    """MovieLens 1M from the official ``ratings.dat/movies.dat/users.dat`` (``::``-separated),
+    or the 5-core sequential-recommendation set as ``interactions.tsv/items.tsv/users.tsv``
+    (tab-separated with headers; the events in each user's time order, no ratings)."""
+    if not (path / "ratings.dat").is_file() and (path / "interactions.tsv").is_file():
+        return _load_ml1m_tsv(path, name)
     inter = _read(
         path / "ratings.dat",
         sep="\x1f",
@@ -141,21 +149,14 @@ def load_ml1m(path: Path, name: str = "ml-1m") -> Dataset:
     )
     users = None
     if (path / "users.dat").is_file():
-        users = _read(
-            path / "users.dat",
-            sep="\x1f",
-            header=False,
-            multi_sep="::",
-            names=["user_id", "gender", "age", "occupation", "zip_code"],
-        )
-        users = users.with_columns(
-            pl.col("age").cast(pl.Int32, strict=False),
-            pl.col("occupation")
-            .cast(pl.Int32, strict=False)
-            .map_elements(
-                lambda i: ML1M_OCCUPATIONS[i] if 0 <= i < len(ML1M_OCCUPATIONS) else "other",
-                return_dtype=pl.String,
-            ),
+        users = _ml1m_users(
+            _read(
+                path / "users.dat",
+                sep="\x1f",
+                header=False,
+                multi_sep="::",
+                names=["user_id", "gender", "age", "occupation", "zip_code"],
+            )
         )
     return Dataset.from_frames(
         inter,
@@ -164,6 +165,35 @@ def load_ml1m(path: Path, name: str = "ml-1m") -> Dataset:
         name=name,
         source=str(path / "ratings.dat"),
         items_source=str(path / "movies.dat"),
+    )
+
+
+def _ml1m_users(users: pl.DataFrame) -> pl.DataFrame:
+    """Ages as numbers and occupations by name (GroupLens codes them 0..20)."""
+    return users.with_columns(
+        pl.col("age").cast(pl.Int32, strict=False),
+        pl.col("occupation")
+        .cast(pl.Int32, strict=False)
+        .map_elements(
+            lambda i: ML1M_OCCUPATIONS[i] if 0 <= i < len(ML1M_OCCUPATIONS) else "other",
+            return_dtype=pl.String,
+        ),
+    )
+
+
+def _load_ml1m_tsv(path: Path, name: str) -> Dataset:
+    inter = _read(path / "interactions.tsv", sep="\t", header=True)
+    items = _read(path / "items.tsv", sep="\t", header=True)
+    users = None
+    if (path / "users.tsv").is_file():
+        users = _ml1m_users(_read(path / "users.tsv", sep="\t", header=True))
+    return Dataset.from_frames(
+        inter,
+        items,
+        users,
+        name=name,
+        source=str(path / "interactions.tsv"),
+        items_source=str(path / "items.tsv"),
     )
 
 
@@ -193,7 +223,7 @@ def load_ml_latest_small(path: Path, name: str = "ml-latest-small") -> Dataset:
 
 LOADERS: dict[str, tuple[Callable[[Path, str], Dataset], Callable[[Path], bool]]] = {
     "ml-100k": (load_ml100k, _has_ml100k),
-    "ml-1m": (load_ml1m, _has("ratings.dat", "movies.dat")),
+    "ml-1m": (load_ml1m, _has_ml1m),
     "ml-latest-small": (load_ml_latest_small, _has("ratings.csv", "movies.csv")),
 }
 
