@@ -825,10 +825,9 @@ class Engine:
         ``workers > 1`` splits the users into that many parts (of at least
         ``_MIN_WORKER_USERS`` users each) and ranks them in parallel threads. Much of a batch is
         numpy and scipy work that runs on one core, so on two cores two workers rank 1.1-1.4x as
-        many users per second as one (``benchmarks/bench_engine_speed.py``) when each worker has one
-        thread (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)`` for
-        BLAS and OpenMP; a warning is logged once otherwise), so that the threads do not
-        outnumber the cores.
+        many users per second as one (``benchmarks/bench_engine_speed.py``). For the call, torch,
+        BLAS and OpenMP run on one thread each, so that the threads do not outnumber the cores
+        (process-wide settings, restored afterwards).
         Results are those of one call up to float rounding (each part is a batch of its own),
         and the batch sees one state of the engine: ``observe`` waits until it is done. An
         engine with the LLM stage ranks in one part whatever ``workers`` says.
