@@ -158,6 +158,9 @@ class EngineConfig:
     instead of computing it (about 2 ms of a one-user request on the reference machine);
     ``False`` leaves that to the user's first request, for event streams much denser than
     requests. ``unknown_items`` says what a history with items outside the catalog does.
+    ``text_popularity_weight``: in a ranking from a text alone (``rank(text=...)``), the weight
+    of popularity's reciprocal-rank term beside the text similarity and the co-visitation and
+    ALS scores of the text's nearest items (each weight 1; see ``engine/_text_query.py``).
     """
 
     als: Any = field(default_factory=_retrieval_defaults)
@@ -178,7 +181,7 @@ class EngineConfig:
     final_update: Literal["observe", "refit"] = "observe"
     encode_on_observe: bool = True
     unknown_items: Literal["error", "warn"] = "error"
-    text_popularity_weight: float = 0.1
+    text_popularity_weight: float = 0.5
     seed: int = 0
     progress: bool = False
 

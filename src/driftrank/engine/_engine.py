@@ -1075,18 +1075,26 @@ class Engine:
         at: float | None = None,
         exclude_seen: bool = True,
     ) -> RankResult:
-        """Items nearest to ``text``, blended with popularity; a known ``user``'s seen items are
-        left out with ``exclude_seen``; ``at`` (checked) is reported as the ranking time."""
+        """Items the text means and what was chosen beside them (``_text_query``), fused with
+        popularity; a known ``user``'s seen items are left out with ``exclude_seen``; ``at``
+        (checked) is reported as the ranking time."""
+        from driftrank.engine._text_query import text_query_terms
+
         when = _check_time(at, "at") if at is not None else float(time.time())
         with self._lock.read():
             st = self._require()
             u = st.user_ids.get(user) if user is not None else -1
             q = self._get_encoder().encode([text]).astype(np.float32)
             sims = (st.item_vectors @ q[0]).astype(np.float64)
-            pop = np.log1p(st.popularity)
-            pop = pop / pop.max() if pop.max() > 0 else pop
-            w = float(self.config.text_popularity_weight)
-            score = (1 - w) * sims + w * pop
+            channels = {c.name: c for c in self._merger.channels} if self._merger is not None else {}
+            terms = text_query_terms(
+                sims,
+                st.popularity,
+                channels.get("covisit"),
+                channels.get("als"),
+                float(self.config.text_popularity_weight),
+            )
+            score = np.sum(list(terms.values()), axis=0)
             keep = self._keep_fn(candidates, filter)
             if keep is not None:
                 score = np.where(keep(np.arange(len(score))), score, -np.inf)
@@ -1103,10 +1111,7 @@ class Engine:
                 titles=[titles[i] for i in order.tolist()],
                 at=when,
                 _explained=_BatchExplanations.ready(
-                    {
-                        "text": ((1 - w) * sims[order]).astype(np.float32),
-                        "popularity": (w * pop[order]).astype(np.float32),
-                    },
+                    {name: term[order].astype(np.float32) for name, term in terms.items()},
                     np.zeros(len(order), dtype=np.float32),
                 ),
             )

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrank.data import Dataset
-from driftrank.errors import ModelFileError
+from driftrank.errors import DataError, ModelFileError
 from driftrank.retrieval._base import Channel
 from driftrank.retrieval._common import (
     SECONDS_PER_DAY,
@@ -252,6 +252,30 @@ class CovisitChannel(Channel):
         take, ptr = _row_gather(m.indptr, rows)
         terms = np.repeat(weights, np.diff(ptr)) * m.data[take]
         return np.bincount(m.indices[take], weights=terms, minlength=self._n_items)
+
+    def item_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``float64[n_items]``: the scores of a user whose anchors were ``items: int64[a]``
+        with ``weights: float64[a]`` (in place of recency weights), as :meth:`candidates`
+        would score them; 0 where nothing co-occurs. Stores nothing (a text query's anchors,
+        say)."""
+        self._events("item_scores")
+        items = np.asarray(items, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float64)
+        if items.shape != weights.shape or items.ndim != 1:
+            raise DataError(
+                f"items and weights must be 1-d of one length, got {items.shape} and {weights.shape}"
+            )
+        if len(items) and (items.min() < 0 or items.max() >= self._n_items):
+            raise DataError(f"items must be item indices in [0, {self._n_items}), got {items.tolist()}")
+        rs = self._rowsum[items] if len(items) else np.zeros(0)
+        ok = rs > 0
+        items, weights = items[ok], weights[ok] / rs[ok]
+        out = self._row_sums(self._c, items, weights)
+        if self._delta is not None:
+            out += self._row_sums(self._delta, items, weights)
+        if self.config.popularity_power > 0:
+            out /= np.maximum(self._count, 1.0) ** self.config.popularity_power
+        return out
 
     def anchors_of(self, user: int) -> np.ndarray:
         """``int64[<= anchors]`` the user's most recent distinct items, newest first."""
