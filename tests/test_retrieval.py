@@ -301,6 +301,11 @@ def test_covisit_new_item_gains_signal_online(small_drifting):
     ch.observe(np.array([10]), np.array([3]), np.array([t + 100]))
     r = ch.candidates(np.array([10]), 5, exclude="seen")
     assert n in r.items[0]
+    # Row sums over rows with no entries (an anchor whose pairs are all among those observed
+    # since the last merge) are float zeros: numpy's bincount of nothing is int64, and a
+    # one-user request once crashed adding the pending pairs' float sums onto it.
+    empty = ch._row_sums(sp.csr_matrix((n + 1, n + 1)), np.array([n]), np.array([1.0]))
+    assert empty.dtype == np.float64 and not empty.any()
 
 
 # ---------------------------------------------------------------------- popularity

@@ -251,7 +251,10 @@ class CovisitChannel(Channel):
         added in order."""
         take, ptr = _row_gather(m.indptr, rows)
         terms = np.repeat(weights, np.diff(ptr)) * m.data[take]
-        return np.bincount(m.indices[take], weights=terms, minlength=self._n_items)
+        # bincount of no entries is int64 whatever the weights: keep the sums float64.
+        return np.bincount(m.indices[take], weights=terms, minlength=self._n_items).astype(
+            np.float64, copy=False
+        )
 
     def item_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``float64[n_items]``: the scores of a user whose anchors were ``items: int64[a]``
