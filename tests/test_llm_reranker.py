@@ -747,6 +747,9 @@ def test_real_smollm2_learns_to_pick_the_candidate_named_in_the_history():
             batch_size=16,
         )
         rr = LLMReranker(cfg)
+        b = rr._ensure().builder
+        p = rr._prompt(examples[0].query, list(range(20)), 0)
+        assert p.ids == b.tokenizer(b.render(p), add_special_tokens=False)["input_ids"]
         before, acc_before = rr.loss(examples)
         rr.fit(examples)
         after, acc_after = rr.loss(examples)
