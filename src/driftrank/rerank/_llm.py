@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 FORMAT = "driftrank-llm-reranker"
-FORMAT_VERSION = 1
+# Version 2: label after the candidate text by default (``label_layout``) and item texts
+# tokenised with their leading space. Version 1 adapters were trained on other token ids.
+FORMAT_VERSION = 2
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -75,6 +77,8 @@ class LLMRerankerConfig:
             label positions.
         max_history: most recent history items shown (oldest first, with their age).
         max_text_chars: longer item texts are cut at a word boundary.
+        label_layout: ``"after"`` (``- Toy Story (1995) [A]``) or ``"before"``
+            (``A. Toy Story (1995)``); see :class:`~driftrank.rerank._llm_prompt.PromptBuilder`.
         labels: label strings; ``None`` picks A-Z, a-z or (A)-(Z), the first set whose labels
             are distinct single tokens for the tokenizer.
         system_prompt, question: the framing text.
@@ -104,6 +108,7 @@ class LLMRerankerConfig:
     max_history: int = 10
     max_text_chars: int = 80
     labels: tuple[str, ...] | None = None
+    label_layout: Literal["after", "before"] = "after"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     question: str = DEFAULT_QUESTION
     interest_dim: int | None = 384
@@ -162,6 +167,8 @@ class LLMRerankerConfig:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (self.weight_decay >= 0.0):
             raise ConfigError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if self.label_layout not in ("after", "before"):
+            raise ConfigError(f"label_layout must be 'after' or 'before', got {self.label_layout!r}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if not self.model:
@@ -357,6 +364,7 @@ class LLMReranker:
             max_text_chars=cfg.max_text_chars,
             n_labels=n_labels,
             labels=cfg.labels,
+            label_layout=cfg.label_layout,
         )
         scorer = LabelScorer(lm, builder.label_ids, builder.placeholder_id)
         projection = None
@@ -840,6 +848,12 @@ class LLMReranker:
         import torch
         from peft import set_peft_model_state_dict
 
+        if config.get("format") == FORMAT and config.get("version") == 1:
+            raise ModelFileError(
+                f"this {FORMAT} state is version 1: its adapter was trained on prompts of an earlier "
+                f"layout (label before the text, item texts tokenised without their leading space) "
+                f"and does not fit version {FORMAT_VERSION} prompts; fine-tune it again"
+            )
         if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
             raise ModelFileError(
                 f"not a {FORMAT} v{FORMAT_VERSION} state (format={config.get('format')!r}, "

@@ -79,8 +79,8 @@ class PromptBuilder:
         - Heat (1995), 3 days ago
         - ...
         Candidates:
-        A. Toy Story (1995)
-        B. ...
+        - Toy Story (1995) [A]                    (label_layout="before": "A. Toy Story (1995)")
+        - Heat (1995) [B]
         <question></user>
         <assistant>                               -> next-token logits of "A", "B", ...
 
@@ -92,6 +92,12 @@ class PromptBuilder:
         n_labels: how many labels are needed (the largest window).
         labels: label strings to use; ``None`` picks the first of :data:`LABEL_SETS` whose
             labels are distinct single tokens for this tokenizer.
+        label_layout: ``"after"`` writes each candidate as ``- Toy Story (1995) [A]``, the label
+            after the text; ``"before"`` as ``A. Toy Story (1995)``. After the text, the label
+            token's position can already see the candidate it names, so the answer position
+            finds the best candidate and copies its label in one attention step; before the
+            text, the label must first be carried into the text's positions, a binding that
+            SmolLM2-135M does not make and did not learn in LoRA fine-tuning.
     """
 
     INTRO = "I will show you a user's recent history and some candidates.\n"
@@ -105,8 +111,12 @@ class PromptBuilder:
         max_text_chars: int,
         n_labels: int,
         labels: Sequence[str] | None = None,
+        label_layout: str = "after",
     ) -> None:
+        if label_layout not in ("after", "before"):
+            raise ConfigError(f"label_layout must be 'after' or 'before', got {label_layout!r}")
         self.tokenizer = tokenizer
+        self.label_layout = label_layout
         self.max_text_chars = max_text_chars
         head, tail = self._framing(tokenizer, system_prompt)
         self._head = self._encode(head + self.INTRO)
@@ -115,13 +125,23 @@ class PromptBuilder:
         # templates end with "assistant\n"), a space after "Answer:" in the plain framing.
         self.answer_prefix = "" if tail[-1:].isspace() else " "
         self.labels, self.label_ids = self._pick_labels(n_labels, labels)
-        self._label_line = [self._encode(f"{lab}. ") for lab in self.labels]
+        # Every piece that precedes an item text ends without a space, and item texts are
+        # tokenised with their leading space (" Toy Story"): byte-level BPE tokenizers attach a
+        # word's space to the word, so the pieces concatenate to exactly the ids the tokenizer
+        # gives the whole line. "A. " + "Toy Story" instead gave a lone space token and titles
+        # split mid-word ("P", "ul", "p" for "Pulp"), sequences the model never saw in training.
+        if label_layout == "before":
+            self._label_head = [self._encode(f"{lab}.") for lab in self.labels]
+            self._label_tail: list[list[int]] = [[] for _ in self.labels]
+        else:
+            self._label_head = [self._encode("-") for _ in self.labels]
+            self._label_tail = [self._encode(f" [{lab}]") for lab in self.labels]
         self._profile = self._encode("Taste profile: ")
         self._newline = self._encode("\n")
         self._history_header = self._encode("Recent history, oldest first:\n")
         self._no_history = self._encode("Recent history: none.\n")
         self._cand_header = self._encode("Candidates:\n")
-        self._dash = self._encode("- ")
+        self._dash = self._encode("-")
         self._text_cache: dict[str, list[int]] = {}
         self._age_cache: dict[str, list[int]] = {}
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -198,7 +218,7 @@ class PromptBuilder:
         new = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
         if not new:
             return
-        enc = self.tokenizer([self._clip(t) for t in new], add_special_tokens=False)["input_ids"]
+        enc = self.tokenizer([" " + self._clip(t) for t in new], add_special_tokens=False)["input_ids"]
         for t, ids in zip(new, enc):
             self._text_cache[t] = list(ids)
 
@@ -254,8 +274,9 @@ class PromptBuilder:
             ids += self._no_history
         ids += self._cand_header
         for j, text in enumerate(candidates):
-            ids += self._label_line[j]
+            ids += self._label_head[j]
             ids += self._text(text)
+            ids += self._label_tail[j]
             ids += self._newline
         ids += self._tail
         return PromptIds(ids, soft, len(self._head))
