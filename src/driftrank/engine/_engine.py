@@ -286,8 +286,15 @@ class Engine:
             [*names, "final_update"], enabled=cfg.progress, logger=log, what=f"fit {dataset.name}"
         )
         t0 = time.perf_counter()
+        import torch
+
+        from driftrank._threads import fit_threads, limited_threads
+
+        threads = fit_threads(cfg.fit_threads, torch.get_num_threads())
+        log.info("fitting on %d thread(s)", threads)
         try:
-            self._fit_stages(dataset, stages)
+            with limited_threads(threads):
+                self._fit_stages(dataset, stages)
         finally:
             stages.close()
         timings = dict(stages.seconds)
@@ -862,8 +869,12 @@ class Engine:
                         idx[rows], k, [at_list[j] for j in rows.tolist()], exclude_seen, None, None, keep
                     )
 
+            from driftrank._threads import limited_threads
+
+            # Threads that outnumber the cores wait on each other: one per worker for the call
+            # (process-wide settings, restored afterwards).
             with (
-                _one_thread_each(),
+                limited_threads(1),
                 ThreadPoolExecutor(n_parts, thread_name_prefix="driftrank-batch") as pool,
             ):
                 parts = list(pool.map(part, np.array_split(np.arange(len(idx)), n_parts)))
@@ -1478,29 +1489,6 @@ def _first_seen(ds: Dataset) -> np.ndarray:
     np.minimum.at(out, ds.item_index, ds.timestamps)
     out[np.isinf(out)] = np.nan
     return out
-
-
-@contextmanager
-def _one_thread_each() -> Iterator[None]:
-    """While ``rank_batch`` runs parallel workers, torch, BLAS and OpenMP use one thread each,
-    so the threads do not outnumber the cores and wait on each other (on 2 cores, two workers
-    ranked 20% fewer users/s with BLAS on two threads than on one). The settings are
-    process-wide, so a request from another thread meanwhile also runs on one thread; they are
-    restored afterwards."""
-    import sys
-
-    from threadpoolctl import threadpool_limits
-
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    with threadpool_limits(1):
-        if torch is not None:
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if torch is not None and before is not None:
-                torch.set_num_threads(before)
 
 
 def _check_k(k: object) -> int:
