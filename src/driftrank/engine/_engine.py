@@ -900,6 +900,8 @@ class Engine:
         from driftrank.engine._result import results_table
 
         k = _check_k(k)
+        if format not in ("polars", "pandas"):
+            raise ConfigError(f"format must be 'polars' or 'pandas', got {format!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if isinstance(users, (str, bytes)) or not isinstance(users, Sequence):
