@@ -114,3 +114,17 @@ def test_bad_inputs_are_refused_before_any_ray_work(model: Path, tmp_path: Path)
         rank_all(model, mine)
     assert (mine / "keep.txt").read_text(encoding="utf-8") == "keep"
     assert ray.is_initialized() == started  # nothing was started
+
+
+def test_bench_on_ray_gives_the_single_process_metrics(local_ray: object) -> None:
+    from driftrank.bench import PipelineSpec, run_benchmark
+
+    data = make_drifting(n_users=80, n_items=90, n_topics=4, events_per_user=(8, 12), seed=11)
+    params = small_engine_config().to_dict()
+    specs = [PipelineSpec("pop", "pop"), PipelineSpec("hybrid", "hybrid", params)]
+    one = run_benchmark(data, specs, latency_users=0, progress=False)
+    on_ray = run_benchmark(data, specs, latency_users=0, progress=False, ray="local", ray_workers=2)
+    for name in ("pop", "hybrid"):
+        for metric, values in one.per_user[name].items():
+            np.testing.assert_allclose(on_ray.per_user[name][metric], values, rtol=0, atol=1e-12)
+    assert on_ray.pipelines["hybrid"]["metrics"] == one.pipelines["hybrid"]["metrics"]

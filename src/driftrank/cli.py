@@ -52,6 +52,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         compare_to=args.compare_to,
         progress=not args.quiet,
         ablation=args.ablation,
+        ray=args.ray,
+        ray_workers=args.ray_workers,
     )
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
@@ -198,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="for engine pipelines with a trained fusion layer, add the fusion ablation table "
         "(each signal removed, each alone, fusion methods) on the test step",
     )
+    b.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="rank the test users of engine pipelines on Ray Data (a local Ray, or the cluster at ADDRESS); "
+        "the metrics are the same",
+    )
+    b.add_argument("--ray-workers", type=int, default=2, help="Ray actors with --ray (default 2)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_cmd_bench)
 

@@ -63,8 +63,10 @@ class RankChunks:
         from driftrank.engine._result import results_table
 
         tables = []
-        for users in batch.column("users").to_pylist():
-            results = self.engine.rank_batch(users, self.k)
+        times = batch.column("at").to_pylist() if "at" in batch.column_names else None
+        for j, users in enumerate(batch.column("users").to_pylist()):
+            at = None if times is None else [None if t != t else t for t in times[j]]  # NaN: default
+            results = self.engine.rank_batch(users, self.k, at=at)
             tables.append(results_table(results, contributions=self.contributions).to_arrow())
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
@@ -79,14 +81,16 @@ def rank_all(
     chunk_size: int = 4096,
     contributions: bool = False,
     address: str | None = None,
+    at: Sequence[float | None] | None = None,
     actor: type = RankChunks,
 ) -> WriteSummary:
     """Rank ``users`` (default: every user of the model) on Ray into a folder of Parquet parts.
 
     ``workers``: actors ranking in parallel, one CPU each (a local Ray gets that many CPUs).
     ``chunk_size``: users per actor call. ``address``: a running Ray cluster to join; the model
-    and ``out`` must then be on a path every node shares. The model is checked (loaded once in
-    this process) before any Ray work starts. ``actor`` is the class Ray Data runs (tests pass
+    and ``out`` must then be on a path every node shares. ``at``: one ranking time per user
+    (unix s; ``None`` for the default), as for ``rank_batch``. The model is checked (loaded
+    once in this process) before any Ray work starts. ``actor`` is the class Ray Data runs (tests pass
     one that fails on purpose).
     """
     for name, value in (("k", k), ("workers", workers), ("chunk_size", chunk_size)):
@@ -113,7 +117,17 @@ def rank_all(
     del engine
     target = Path(out).resolve()
     check_replaceable(target, as_csv=False)
+    if at is not None and len(at) != len(users):
+        raise DataError(f"at must have one time per user ({len(users)}), got {len(at)}")
     chunks = [list(users[s : s + chunk_size]) for s in range(0, len(users), chunk_size)]
+    times = (
+        None
+        if at is None
+        else [
+            [float("nan") if t is None else float(t) for t in at[s : s + chunk_size]]
+            for s in range(0, len(users), chunk_size)
+        ]
+    )
 
     start = time.perf_counter()
     started_here = not ray.is_initialized()
@@ -136,7 +150,12 @@ def rank_all(
     try:
         # One block per chunk, so that the actors share the chunks without a repartition step
         # (whose task would wait forever for a CPU that the actors hold).
-        ds = ray.data.from_arrow([pa.table({"users": [c]}) for c in chunks])
+        ds = ray.data.from_arrow(
+            [
+                pa.table({"users": [c]} if times is None else {"users": [c], "at": [times[j]]})
+                for j, c in enumerate(chunks)
+            ]
+        )
         ranked = ds.map_batches(
             actor,
             fn_constructor_kwargs={"model": str(model_path), "k": k, "contributions": contributions},

@@ -206,6 +206,76 @@ def _latencies(ranker: Any, split: Split, n: int, k: int) -> np.ndarray:
     return np.asarray(out)
 
 
+class _Precomputed:
+    """A ranker that returns rankings computed elsewhere (rows by user index)."""
+
+    def __init__(self, users: np.ndarray, ranking: Ranking) -> None:
+        self._row = {int(u): j for j, u in enumerate(users.tolist())}
+        self._ranking = ranking
+
+    def fit(self, dataset: Dataset) -> _Precomputed:
+        return self
+
+    def rank(self, users: np.ndarray, k: int, *, exclude: Any = None, at: Any = None) -> Ranking:
+        rows = np.array([self._row[int(u)] for u in users], dtype=np.int64)
+        return Ranking(self._ranking.items[rows, :k], self._ranking.scores[rows, :k])
+
+
+def _evaluate(
+    ranker: Any,
+    split: Split,
+    ks: Sequence[int],
+    progress: bool,
+    *,
+    fit: bool,
+    ray: str | None,
+    ray_workers: int,
+) -> EvalResult:
+    """:func:`evaluate` on the test step, with an engine pipeline's ranking done on Ray when
+    ``ray`` is set."""
+    if ray is None or not hasattr(ranker, "engine"):
+        return evaluate(ranker, split, stage="test", ks=ks, fit=fit, progress=progress)
+    fit_seconds = 0.0
+    if fit:
+        t = time.perf_counter()
+        ranker.fit(split.train_valid)
+        fit_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    ranking = _ray_ranking(ranker.engine, split, max(ks), ray, ray_workers)
+    rank_seconds = time.perf_counter() - t
+    res = evaluate(_Precomputed(split.test.users, ranking), split, stage="test", ks=ks, fit=False)
+    res.fit_seconds, res.rank_seconds = fit_seconds, rank_seconds
+    return res
+
+
+def _ray_ranking(engine: Any, split: Split, k: int, address: str, workers: int) -> Ranking:
+    """The test users' top ``k`` (item indices, rows aligned with ``split.test``) from Ray."""
+    import tempfile
+
+    import polars as pl
+
+    from driftrank.distributed import rank_all
+
+    known = engine.known_users()
+    users = [known[int(u)] for u in split.test.users.tolist()]
+    with tempfile.TemporaryDirectory(prefix="driftrank-bench-ray-") as tmp:
+        model = engine.save(Path(tmp) / "model")
+        out = Path(tmp) / "ranks"
+        rank_all(
+            model, out, users, k=k, workers=workers, chunk_size=256, at=split.test.timestamps.tolist(),
+            address=None if address == "local" else address,
+        )  # fmt: skip
+        table = pl.read_parquet(sorted(out.glob("*.parquet")))
+    items = np.full((len(users), k), -1, dtype=np.int64)
+    scores = np.full((len(users), k), np.nan, dtype=np.float32)
+    row = {u: j for j, u in enumerate(users)}
+    rows = np.array([row[u] for u in table["user_id"].to_list()], dtype=np.int64)
+    cols = table["rank"].to_numpy().astype(np.int64) - 1
+    items[rows, cols] = split.train_valid.item_ids.indices(table["item_id"].to_list())
+    scores[rows, cols] = table["score"].to_numpy()
+    return Ranking(items, scores)
+
+
 def _check_bench_args(
     seed: object, out: str | os.PathLike[str] | None, save_predictions: str | os.PathLike[str] | None
 ) -> None:
@@ -237,6 +307,8 @@ def run_benchmark(
     progress: bool = True,
     keep_rankers: bool = False,
     ablation: bool = False,
+    ray: str | None = None,
+    ray_workers: int = 2,
 ) -> BenchResult:
     """Fit and evaluate every pipeline on the test step of one split of ``dataset``.
 
@@ -252,6 +324,12 @@ def run_benchmark(
     names it. ``ablation`` adds, for every pipeline with a trained fusion layer, the fusion
     ablation table on the test step (each signal group removed, each alone, and the fusion
     methods side by side on the same candidates; :func:`fusion_ablation`).
+
+    ``ray``: rank the test users of every engine pipeline on Ray Data (``"local"`` or a
+    cluster address; ``ray_workers`` actors) through :func:`driftrank.distributed.rank_all`,
+    on the fitted engine saved to a temporary folder; the metrics are those of the
+    single-process path (the same chunks of 256 users, ranked at their test times). Other
+    pipelines rank in this process.
     """
     from driftrank._progress import bar as progress_bar
 
@@ -273,10 +351,10 @@ def run_benchmark(
         shared = _shared_fit(ranker, fitted)
         if shared is not None:
             ranker = shared[1]
-            res = evaluate(ranker, split, stage="test", ks=ks, fit=False, progress=progress)
+            res = _evaluate(ranker, split, ks, progress, fit=False, ray=ray, ray_workers=ray_workers)
             res.fit_seconds = result.pipelines[shared[0]]["fit_seconds"]
         else:
-            res = evaluate(ranker, split, stage="test", ks=ks, progress=progress)
+            res = _evaluate(ranker, split, ks, progress, fit=True, ray=ray, ray_workers=ray_workers)
             fitted[spec.name] = ranker
         entry: dict[str, Any] = {
             "spec": spec.to_dict(),
