@@ -327,7 +327,11 @@ def test_rank_command_users_file_and_csv(
     users.write_text(f"{known[1]}\nnobody-{known[2]}\n", encoding="utf-8")
     assert main([*cmd, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "line 2" in err or "does not know" in err
+    assert "line 2" in err and "integers" in err
+    users.write_text(f"{known[1]}\n\n{10**9}\n", encoding="utf-8")  # an id nobody has
+    assert main([*cmd, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "does not know" in err
     assert pl.read_csv(out).height == 10  # the earlier output is untouched
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n", encoding="utf-8")

@@ -25,6 +25,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--columns", help="column mapping, e.g. 'user=uid,item=sku,time=ts,item_text=title+plot'")
 
 
+def _add_ray_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """``--ray`` alone starts a local Ray (``"local"``); ``--ray ADDRESS`` joins a cluster."""
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help=help)
+
+
 def load_from_args(args: argparse.Namespace) -> Any:
     """The data set named by ``--dataset`` or read from ``--interactions`` files."""
     from driftrank.data import load_dataset, load_interactions
@@ -115,38 +120,21 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
     engine = Engine.load(args.model)
     users = None if args.users in (None, "all") else read_user_ids(args.users, engine)
+    common = {"k": args.k, "chunk_size": args.chunk_size, "contributions": args.explain}
+    where = note = ""
     if args.ray is not None:
         from driftrank.distributed import rank_all
 
         del engine  # each Ray worker loads its own copy
-        summary = rank_all(
-            args.model,
-            args.out,
-            users,
-            k=args.k,
-            workers=args.workers,
-            chunk_size=args.chunk_size,
-            contributions=args.explain,
-            address=None if args.ray == "local" else args.ray,
+        summary = rank_all(args.model, args.out, users, workers=args.workers, address=args.ray, **common)
+        where, note = " on Ray", ", start-up included"
+    else:
+        summary = write_rankings(
+            engine, args.out, users, workers=args.workers, progress=not args.quiet, **common
         )
-        print(
-            f"ranked {summary.users:,} users on Ray into {summary.rows:,} rows in {summary.seconds:.1f} s "
-            f"({summary.users_per_second:,.0f} users/s, start-up included); written to {summary.path}"
-        )
-        return 0
-    summary = write_rankings(
-        engine,
-        args.out,
-        users,
-        k=args.k,
-        chunk_size=args.chunk_size,
-        contributions=args.explain,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
     print(
-        f"ranked {summary.users:,} users into {summary.rows:,} rows in {summary.seconds:.1f} s "
-        f"({summary.users_per_second:,.0f} users/s); written to {summary.path}"
+        f"ranked {summary.users:,} users{where} into {summary.rows:,} rows in {summary.seconds:.1f} s "
+        f"({summary.users_per_second:,.0f} users/s{note}); written to {summary.path}"
     )
     return 0
 
@@ -200,12 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="for engine pipelines with a trained fusion layer, add the fusion ablation table "
         "(each signal removed, each alone, fusion methods) on the test step",
     )
-    b.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="rank the test users of engine pipelines on Ray Data (a local Ray, or the cluster at ADDRESS); "
+    _add_ray_argument(
+        b,
+        "rank the test users of engine pipelines on Ray Data (a local Ray, or the cluster at ADDRESS); "
         "the metrics are the same",
     )
     b.add_argument("--ray-workers", type=int, default=2, help="Ray actors with --ray (default 2)")
@@ -246,12 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="parallel ranking threads, or Ray actors with --ray (default 1)",
     )
-    r.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="rank on Ray Data: a local Ray with --workers CPUs, or join the cluster at ADDRESS "
+    _add_ray_argument(
+        r,
+        "rank on Ray Data: a local Ray with --workers actors, or join the cluster at ADDRESS "
         "(the model and --out must be on a path every node shares; pip install 'driftrank[ray]')",
     )
     r.add_argument("--chunk-size", type=int, default=4096, help="users ranked and written at a time")

@@ -24,12 +24,18 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from driftrank.engine._export import MARKER, WriteSummary, check_replaceable, replace_output
+from driftrank.engine._export import (
+    MARKER,
+    WriteSummary,
+    check_known_users,
+    check_replaceable,
+    replace_output,
+    side_path,
+)
 from driftrank.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -65,8 +71,7 @@ class RankChunks:
         tables = []
         times = batch.column("at").to_pylist() if "at" in batch.column_names else None
         for j, users in enumerate(batch.column("users").to_pylist()):
-            at = None if times is None else [None if t != t else t for t in times[j]]  # NaN: default
-            results = self.engine.rank_batch(users, self.k, at=at)
+            results = self.engine.rank_batch(users, self.k, at=None if times is None else times[j])
             tables.append(results_table(results, contributions=self.contributions).to_arrow())
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
@@ -86,9 +91,9 @@ def rank_all(
 ) -> WriteSummary:
     """Rank ``users`` (default: every user of the model) on Ray into a folder of Parquet parts.
 
-    ``workers``: actors ranking in parallel, one CPU each (a local Ray gets that many CPUs).
-    ``chunk_size``: users per actor call. ``address``: a running Ray cluster to join; the model
-    and ``out`` must then be on a path every node shares. ``at``: one ranking time per user
+    ``workers``: actors ranking in parallel, one CPU each. ``chunk_size``: users per actor
+    call. ``address``: a running Ray cluster to join (``None`` or ``"local"``: start one here);
+    the model and ``out`` must then be on a path every node shares. ``at``: one ranking time per user
     (unix s; ``None`` for the default), as for ``rank_batch``. The model is checked (loaded
     once in this process) before any Ray work starts. ``actor`` is the class Ray Data runs (tests pass
     one that fails on purpose).
@@ -110,25 +115,18 @@ def rank_all(
     if users is None:
         users = engine.known_users()
     else:
-        known = set(engine.known_users())
-        missing = [u for u in users if u not in known]
-        if missing:
-            raise DataError(f"{len(missing)} user id(s) the model does not know, the first {missing[0]!r}")
+        check_known_users(users, engine.known_users())
     del engine
     target = Path(out).resolve()
     check_replaceable(target, as_csv=False)
     if at is not None and len(at) != len(users):
         raise DataError(f"at must have one time per user ({len(users)}), got {len(at)}")
     chunks = [list(users[s : s + chunk_size]) for s in range(0, len(users), chunk_size)]
-    times = (
-        None
-        if at is None
-        else [
-            [float("nan") if t is None else float(t) for t in at[s : s + chunk_size]]
-            for s in range(0, len(users), chunk_size)
-        ]
-    )
+    # Ranking times travel as a nullable float list column (None: the default time).
+    times = None if at is None else [list(at[s : s + chunk_size]) for s in range(0, len(users), chunk_size)]
 
+    if address == "local":
+        address = None
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
@@ -146,7 +144,7 @@ def rank_all(
     data_log = logging.getLogger("ray.data")
     data_level = data_log.level
     data_log.setLevel(max(data_level, logging.WARNING))
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = side_path(target, "tmp")
     try:
         # One block per chunk, so that the actors share the chunks without a repartition step
         # (whose task would wait forever for a CPU that the actors hold).

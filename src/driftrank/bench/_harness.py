@@ -263,7 +263,7 @@ def _ray_ranking(engine: Any, split: Split, k: int, address: str, workers: int) 
         out = Path(tmp) / "ranks"
         rank_all(
             model, out, users, k=k, workers=workers, chunk_size=256, at=split.test.timestamps.tolist(),
-            address=None if address == "local" else address,
+            address=address,
         )  # fmt: skip
         table = pl.read_parquet(sorted(out.glob("*.parquet")))
     items = np.full((len(users), k), -1, dtype=np.int64)

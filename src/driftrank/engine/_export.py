@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WriteSummary", "read_user_ids", "write_rankings"]
+__all__ = ["WriteSummary", "check_known_users", "read_user_ids", "write_rankings"]
 
 # Written into every output folder, so that a later run knows it may replace it.
 MARKER = "_DRIFTRANK_RANKINGS"
@@ -74,7 +74,7 @@ def write_rankings(
     check_replaceable(target, as_csv)
     if users is None:
         users = engine.known_users()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = side_path(target, "tmp")
     start = time.perf_counter()
     rows = parts = 0
     try:
@@ -103,6 +103,24 @@ def write_rankings(
     return WriteSummary(len(users), rows, seconds, target, parts)
 
 
+def side_path(target: Path, tag: str) -> Path:
+    """A hidden name beside ``target``, unique to this writer (``.name.<pid>.<random>.<tag>``)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{tag}")
+
+
+def check_known_users(users: Sequence[object], known: Sequence[object], where: str = "") -> None:
+    """Refuse ``users`` holding ids outside ``known``, naming how many and the first (its line
+    in ``where`` when the ids came from a file, one per line)."""
+    known_set = set(known)
+    unknown = [j for j, u in enumerate(users) if u not in known_set]
+    if unknown:
+        first = users[unknown[0]]
+        raise DataError(
+            f"{where}{len(unknown)} user id(s) the model does not know, the first {first!r}; "
+            "rank only users it was fitted on or has observed"
+        )
+
+
 def check_replaceable(target: Path, as_csv: bool) -> None:
     """Refuse to replace anything but an earlier output of :func:`write_rankings`."""
     if not target.exists() and not target.is_symlink():
@@ -127,7 +145,7 @@ def check_replaceable(target: Path, as_csv: bool) -> None:
 def replace_output(tmp: Path, target: Path) -> None:
     """Move ``tmp`` onto ``target`` (a folder is swapped through a side name, then removed)."""
     if tmp.is_dir() and target.is_dir():
-        old = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
+        old = side_path(target, "old")
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
@@ -147,6 +165,7 @@ def read_user_ids(path: str | os.PathLike[str], engine: Engine) -> list[object]:
     known = engine.known_users()
     numeric = all(isinstance(u, int) for u in known)
     out: list[object] = []
+    line_of: list[int] = []
     for n, line in enumerate(lines, start=1):
         raw = line.split(",", 1)[0].strip()
         if not raw or (n == 1 and raw.lower() in {"user_id", "user", "userid"}):
@@ -158,14 +177,11 @@ def read_user_ids(path: str | os.PathLike[str], engine: Engine) -> list[object]:
                 raise DataError(f"{p}, line {n}: user ids are integers here, got {raw!r}") from None
         else:
             out.append(raw)
+        line_of.append(n)
     if not out:
         raise DataError(f"{p}: no user ids in it")
     known_set = set(known)
-    unknown = [j for j, u in enumerate(out) if u not in known_set]
-    if unknown:
-        j = unknown[0]
-        raise DataError(
-            f"{p}: {len(unknown)} user id(s) the model does not know, the first {out[j]!r}; "
-            "rank only users it was fitted on or has observed"
-        )
+    first = next((j for j, u in enumerate(out) if u not in known_set), None)
+    if first is not None:
+        check_known_users(out, known, where=f"{p}, line {line_of[first]}: ")
     return out
