@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["FitStages", "bar", "interactive"]
+__all__ = ["FitStages", "bar", "interactive", "stage_summary"]
 
 
 def interactive() -> bool:
@@ -78,3 +78,8 @@ class FitStages:
     def close(self) -> None:
         """Remove the bar."""
         self._bar.close()
+
+
+def stage_summary(seconds: dict[str, float], digits: int = 1) -> str:
+    """``"encode 8.0 s, retrieval 10.2 s, ..."`` from a fit report's ``seconds`` (no total)."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:.{digits}f} s" for k, v in seconds.items() if k != "total")

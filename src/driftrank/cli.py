@@ -95,6 +95,7 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from driftrank._progress import stage_summary
     from driftrank.engine import Engine, EngineConfig
 
     config = EngineConfig.from_toml(args.config) if args.config else EngineConfig()
@@ -106,7 +107,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     engine = Engine(config).fit(dataset)
     path = engine.save(args.out)
     seconds = engine.fit_report["seconds"]
-    stages = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items() if k != "total")
+    stages = stage_summary(seconds)
     print(
         f"fitted {engine.n_users:,} users x {engine.n_items:,} items in {seconds['total']:.1f} s ({stages})"
     )

@@ -59,6 +59,7 @@ def run_demo(
     started = time.perf_counter()
     _describe(data, real)
 
+    from driftrank._progress import stage_summary
     from driftrank.bench import PipelineSpec, build_pipeline
     from driftrank.engine._ranker import EngineRanker
     from driftrank.eval import evaluate, leave_one_out, paired_bootstrap
@@ -73,11 +74,7 @@ def run_demo(
     ours = evaluate(ranker, split, stage="test", ks=(10,))
     engine = ranker._e()
     seconds = engine.fit_report["seconds"]
-    print(
-        f"      fitted in {ours.fit_seconds:.0f} s ("
-        + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in seconds.items() if k != "total")
-        + ")"
-    )
+    print(f"      fitted in {ours.fit_seconds:.0f} s (" + stage_summary(seconds, digits=0) + ")")
 
     print(f"\n[2/4] Predicting each of the {len(split.test)} users' held-out last event (whole catalog):")
     rows = [("popularity", "pop"), ("ALS (implicit)", "als")]
